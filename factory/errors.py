@@ -1,0 +1,23 @@
+"""Errors the CLI turns into one line and an exit code (2 bad input, 1 anything else)."""
+
+from __future__ import annotations
+
+
+class FactoryError(Exception):
+    """A failure the user should read as one line; `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class UserError(FactoryError):
+    """Bad input: a broken recipe, a missing file, an unknown model id."""
+
+    exit_code = 2
+
+
+class RecipeInvalid(UserError):
+    """One or more problems in recipe files, each already formatted as `file:line: field: message`."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))

