@@ -15,14 +15,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from factory.errors import RecipeInvalid
+from factory.errors import RecipeInvalid, UserError
 
 Method = Literal["rtn", "gptq", "awq", "smoothquant", "nf4", "int8"]
 ModelKind = Literal["causal-lm", "llava-next"]
 PER_CHANNEL = "per-channel"
-GroupSize = int | Literal["per-channel"]
+
+
+def _group_size(value: Any) -> Any:
+    # One clear message instead of pydantic's two (one per member of the union).
+    if value is None or value == PER_CHANNEL or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    raise ValueError("must be a positive integer or 'per-channel'")
+
+
+GroupSize = Annotated[int | Literal["per-channel"], BeforeValidator(_group_size)]
 
 # Methods that need calibration data; the others are data-free, so calibration
 # settings do not enter their fingerprint.
@@ -131,7 +140,6 @@ class Recipe(Strict):
         chosen = [m for m in self.models if m.id == model_id]
         if not chosen:
             known = ", ".join(m.id for m in self.models)
-            from factory.errors import UserError
             raise UserError(f"recipe {self.name}: no model {model_id!r} (it lists: {known})")
         return chosen
 
@@ -263,8 +271,6 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         out.append((("gptq",), f"only applies to method gptq, not {m}"))
     if recipe.smoothquant is not None and m != "smoothquant":
         out.append((("smoothquant",), f"only applies to method smoothquant, not {m}"))
-    if isinstance(w.group_size, int) and w.group_size <= 0:
-        out.append((("weights", "group_size"), "must be greater than 0 (or 'per-channel')"))
 
     cal = recipe.calibration
     if m in CALIBRATED_METHODS:
@@ -294,15 +300,8 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         if entry.source == "hub" and not re.fullmatch(r"[\w.-]+/[\w.-]+", entry.id):
             out.append(((*here, "id"), f"{entry.id!r} is not a Hub model id (org/name)"))
         o = entry.overrides
-        if m in BITSANDBYTES_METHODS:
-            for pattern in recipe.effective(entry).ignore:
-                if _module_name(pattern) is None:
-                    field = (*here, "overrides", "ignore") if o.ignore is not None else ("ignore",)
-                    out.append((field, f"{pattern!r} is a pattern bitsandbytes cannot use; name the module instead"))
         if o.group_size is not None and m in BITSANDBYTES_METHODS:
             out.append(((*here, "overrides", "group_size"), f"does not apply to {m}"))
-        if isinstance(o.group_size, int) and o.group_size <= 0:
-            out.append(((*here, "overrides", "group_size"), "must be greater than 0 (or 'per-channel')"))
         group = recipe.effective(entry).group_size
         if check_model_configs and isinstance(group, int) and group > 0 and m not in BITSANDBYTES_METHODS:
             from factory.models import local_text_config
@@ -317,17 +316,9 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
 
 
 def bitsandbytes_skip_modules(ignore: list[str]) -> list[str]:
-    """bitsandbytes skips modules by name, not pattern: `re:.*vision_tower.*` -> `vision_tower`."""
-    names = [_module_name(p) for p in ignore]
-    bad = [p for p, n in zip(ignore, names) if n is None]
-    if bad:
-        raise RecipeInvalid([f"ignore: {bad[0]!r} is a pattern bitsandbytes cannot use; name the module instead"])
-    return names
-
-
-def _module_name(pattern: str) -> str | None:
-    name = pattern.removeprefix("re:").removeprefix("^").removeprefix(".*").removesuffix("$").removesuffix(".*")
-    return None if not name or re.search(r"[\\^$*+?()\[\]{}|]", name) else name
+    """transformers matches bitsandbytes skip modules as a regex from the start of the module
+    name, or as a name suffix: `re:.*vision_tower.*` -> `.*vision_tower.*`, `lm_head` stays."""
+    return [p.removeprefix("re:") for p in ignore]
 
 
 def _line_index(node: yaml.Node | None) -> dict[tuple, int]:
@@ -366,7 +357,7 @@ def _message(err: dict) -> str:
         return "required field is missing"
     if kind == "literal_error":
         return msg.replace("Input should be", "must be one of:").replace("must be one of: 8", "must be 8")
-    msg = msg.replace("Input should be", "must be").replace("String should", "must")
+    msg = msg.removeprefix("Value error, ").replace("Input should be", "must be").replace("String should", "must")
     msg = msg.replace("List should", "must")
     return msg[0].lower() + msg[1:] if msg else msg
 

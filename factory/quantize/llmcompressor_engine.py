@@ -9,6 +9,7 @@ which transformers and vLLM load.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import torch
@@ -71,8 +72,24 @@ def quantize(base_dir: Path, settings: Settings, out_dir: Path, recipe_dir: Path
         oneshot(model=model, recipe=modifiers(settings), **kwargs)
     model.save_pretrained(out_dir, save_compressed=True)
     preprocessor.save_pretrained(out_dir)
+    _keep_ignore_patterns(out_dir / "config.json", settings.ignore)
     return {"engine": "llm-compressor", "format": "compressed-tensors", "peak_gpu_mb": peak_gpu_mb(),
             "device": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def _keep_ignore_patterns(config_path: Path, ignore: list[str]) -> None:
+    """Put the recipe's own ignore patterns back into the saved quantization_config.
+
+    llm-compressor expands `ignore` into module names as the loaded model names them
+    (`model.vision_tower...`), while transformers 5 saves LLaVA-Next under its original
+    checkpoint names (`vision_tower...`). Reloaded, the vision tower then no longer matches
+    `ignore` and is treated as quantized (llm-compressor issues #3159, #2641). The patterns
+    match under either naming, for transformers and vLLM alike.
+    """
+    config = json.loads(config_path.read_text())
+    quant = config["quantization_config"]
+    quant["ignore"] = list(quant.get("ignore") or []) + [p for p in ignore if p not in (quant.get("ignore") or [])]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,128 @@
+"""Shared fixtures: offline environment, tiny random Llama and LLaVA-Next checkpoints built from configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# Offline, as CI and the demo are; set before transformers / huggingface_hub are imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "factory" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def factory_cache(tmp_path_factory) -> Path:
+    """One converted SmolLM2 per test session, unless the caller shares a cache."""
+    cache = os.environ.get("FACTORY_TEST_CACHE") or str(tmp_path_factory.mktemp("factory-cache"))
+    os.environ["FACTORY_CACHE"] = cache
+    return Path(cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer trained in a second on the bundled demo text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<s>", "</s>", "<image>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train([str(DATA / "demo_calibration.txt")], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _tiny_llama_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                       tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A 2-layer random LlamaForCausalLM (hidden 64) with a real tokenizer, saved in bf16."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model = LlamaForCausalLM(_tiny_llama_config(len(tiny_tokenizer))).to(torch.bfloat16)
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny random LlavaNextForConditionalGeneration with a PIL image processor (no torchvision)."""
+    import torch
+    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llava")
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=14, projection_dim=32)
+    image_token = tiny_tokenizer.convert_tokens_to_ids("<image>")
+    config = LlavaNextConfig(vision_config=vision, text_config=_tiny_llama_config(len(tiny_tokenizer)),
+                             image_token_index=image_token, image_grid_pinpoints=[[28, 28], [28, 56]],
+                             vision_feature_layer=-1)
+    model = LlavaNextForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(path)
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
+                                                 image_grid_pinpoints=[[28, 28], [28, 56]])
+    LlavaNextProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer, patch_size=14,
+                       vision_feature_select_strategy="default").save_pretrained(path)
+    return path
+
+
+def write_recipe(directory: Path, body: str, name: str = "recipe.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def run_factory(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900):
+    """The CLI in a fresh process, as a user runs it."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "factory.cli", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+RELOAD_SCRIPT = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, LlavaNextForConditionalGeneration
+kind, path = sys.argv[1], sys.argv[2]
+cls = LlavaNextForConditionalGeneration if kind == "llava-next" else AutoModelForCausalLM
+model = cls.from_pretrained(path)
+ids = torch.arange(1, 33).unsqueeze(0)
+with torch.no_grad():
+    logits = model(input_ids=ids).logits.float()
+print(json.dumps({"factory_imported": any(m == "factory" or m.startswith("factory.") for m in sys.modules),
+                  "finite": bool(torch.isfinite(logits).all()), "shape": list(logits.shape),
+                  "quant_method": (getattr(model.config, "quantization_config", None) or {}).get("quant_method")
+                  if isinstance(getattr(model.config, "quantization_config", None), dict)
+                  else getattr(getattr(model.config, "quantization_config", None), "quant_method", None)}, default=str))
+"""
+
+
+def reload_in_fresh_process(kind: str, path: Path) -> dict:
+    """Load a checkpoint with plain transformers in a process that never imports the factory."""
+    done = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, kind, str(path)], cwd="/", capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
