@@ -22,6 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -72,7 +73,9 @@ class Build:
     def model_dir(self) -> Path:
         return self.dir / "model"
 
+    @cached_property
     def fingerprint_inputs(self) -> dict:
+        """What the fingerprint hashes (computed once: a local base model's digest reads its files)."""
         settings = self.settings
         return {
             "settings": json.loads(settings_json(settings)),
@@ -83,7 +86,7 @@ class Build:
         }
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.fingerprint_inputs(), sort_keys=True, separators=(",", ":"))
+        blob = json.dumps(self.fingerprint_inputs, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------ manifest
@@ -109,7 +112,7 @@ class Build:
             "recipe": self.recipe.name,
             "model": self.entry.id,
             "fingerprint": fingerprint,
-            "fingerprint_inputs": self.fingerprint_inputs(),
+            "fingerprint_inputs": self.fingerprint_inputs,
         })
         manifest.setdefault("stages", {})[stage] = record
         self._write_manifest(manifest)
