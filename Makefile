@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 demo: $(VENV)/.installed
 	$(BIN)/factory quantize recipes/demo-smollm2-gptq-4bit.yaml
+	$(BIN)/factory evaluate recipes/demo-smollm2-gptq-4bit.yaml
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -117,6 +117,13 @@ class Build:
         manifest.setdefault("stages", {})[stage] = record
         self._write_manifest(manifest)
 
+    def record_gates(self, failures: list[str]) -> None:
+        """Quality gates of the last evaluation; a build that fails one is marked failed."""
+        manifest = self.manifest()
+        manifest["gates"] = {"passed": not failures, "failures": failures, "checked_at": _now()}
+        manifest["status"] = "failed" if failures else "ok"
+        self._write_manifest(manifest)
+
     def stage_done(self, stage: str, output: Path, fingerprint: str | None = None) -> bool:
         record = self.manifest().get("stages", {}).get(stage, {})
         return (record.get("status") == "done"
@@ -132,14 +139,16 @@ class StageResult:
     record: dict
 
 
-def run_stage(build: Build, stage: str, output: Path, work: Callable[[Path], dict]) -> StageResult:
+def run_stage(build: Build, stage: str, output: Path, work: Callable[[Path], dict],
+              fingerprint: str | None = None) -> StageResult:
     """Run `work(partial_dir)` unless a finished output with this fingerprint exists.
 
     `work` fills the partial directory and returns figures for the manifest. On success the
     directory is renamed to `output` and the stage marked done; on any failure it is removed
-    and the stage marked failed.
+    and the stage marked failed. `fingerprint` defaults to the build's; a later stage passes
+    one that also covers its own settings.
     """
-    fingerprint = build.fingerprint()
+    fingerprint = fingerprint or build.fingerprint()
     if build.stage_done(stage, output, fingerprint):
         return StageResult(stage, output, True, build.manifest()["stages"][stage])
 

@@ -70,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model id from the recipe")
     p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
     p.set_defaults(run=cmd_quantize)
+    p = sub.add_parser("evaluate", parents=[common], help="score quantized builds against their base model")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="only this model id from the recipe")
+    p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
+    p.set_defaults(run=cmd_evaluate)
     return parser
 
 
@@ -119,6 +124,48 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from factory.build import Build, workdir_root
+    from factory.evaluate import evaluate
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    root = workdir_root(args.workdir)
+    failed = False
+    for entry in recipe.model(args.model):
+        build = Build(recipe, entry, root)
+        print(f"evaluate {recipe.name} / {entry.id}", flush=True)
+        result = evaluate(build)
+        if result.stage.skipped:
+            print(f"  skipped: {result.stage.output} is already evaluated with these settings")
+        print(score_table(result.scores))
+        print(f"  scores: {result.stage.output / 'scores.json'}")
+        for line in result.gate_failures:
+            print(f"{recipe.name} / {entry.id}: {line}", file=sys.stderr)
+        failed |= bool(result.gate_failures)
+    return 1 if failed else 0
+
+
+def score_table(scores: dict) -> str:
+    rows = [("task", "metric", "base", "quantized", "recovery")]
+    for task, metrics in sorted(scores["tasks"].items()):
+        for metric, row in metrics.items():
+            if row["primary"]:
+                rows.append((task, metric, _num(row["base"]), _num(row["quantized"]), _num(row["recovery"], "{:.3f}")))
+    mean = scores.get("mean_recovery")
+    note = " (smoke evaluation: bundled sets, not benchmark figures)" if scores.get("smoke") else ""
+    return _table(rows) + f"\nmean recovery: {_num(mean, '{:.3f}')}{note}"
+
+
+def _num(value, fmt: str = "{:.4g}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
 def _summary(results) -> str:
     rows = [("model", "output", "size", "vs base", "wall time", "peak RSS", "")]
     for model_id, r in results:
@@ -130,9 +177,7 @@ def _summary(results) -> str:
             f"{rec.get('wall_time_s', 0):.1f} s", _mb_value(rec.get("peak_rss_mb")),
             "(reused)" if r.skipped else "",
         ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
+    return _table(rows)
 
 
 def _mb(size: int | None) -> str:

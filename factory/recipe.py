@@ -93,6 +93,37 @@ class SmoothQuantOptions(Strict):
     strength: float = Field(0.8, gt=0, lt=1, description="Migration strength alpha.")
 
 
+class Gate(Strict):
+    min_recovery: float | None = Field(None, gt=0, description="Lowest acceptable recovery (quantized/base for accuracy).")
+    max_ppl_ratio: float | None = Field(None, gt=0, description="Highest acceptable perplexity ratio (quantized/base).")
+
+
+class Gates(Gate):
+    """Overall limits, plus per-task limits that replace them for that task."""
+
+    tasks: dict[str, Gate] = Field(default_factory=dict)
+
+
+PerplexityDataset = Literal["wikitext2", "c4", "ptb", "demo"]
+
+
+class Evaluation(Strict):
+    suite: Literal["paper", "smoke"] = Field(
+        "paper", description="paper: the paper's tasks (need the Hub's datasets); smoke: small sets bundled "
+        "with the factory, offline (smoke figures, not benchmark figures).")
+    tasks: list[str] | None = Field(
+        None, description="Harness task names (lm-eval for causal-lm, lmms-eval for llava-next) replacing the suite's.")
+    perplexity: list[PerplexityDataset] | None = Field(
+        None, description="Datasets for the paper-protocol perplexity, replacing the suite's ([] for none).")
+    perplexity_seq_len: int = Field(2048, gt=0, description="Window length of the paper-protocol perplexity.")
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU or GPU) or vllm (GPU, where installed).")
+    batch_size: int | Literal["auto"] = Field(8, description="Harness batch size.")
+    limit: int | None = Field(None, gt=0, description="Evaluate only the first N examples of each task.")
+    num_fewshot: int = Field(0, ge=0, description="Few-shot examples (the paper: 0).")
+    seed: int = Field(0, description="Harness seed (sampling of few-shot examples, bootstrap).")
+    gates: Gates | None = None
+
+
 class Overrides(Strict):
     group_size: GroupSize | None = None
     symmetric: bool | None = None
@@ -123,7 +154,7 @@ class Recipe(Strict):
         None, description="Layer names or 're:' patterns kept in full precision. Default: lm_head "
         "(and the vision tower and projector for llava-next).")
     models: list[ModelEntry] = Field(min_length=1)
-    evaluation: dict[str, Any] | None = Field(None, description="Reserved for the evaluation stage.")
+    evaluation: Evaluation = Evaluation()
     publish: dict[str, Any] | None = Field(None, description="Reserved for the publishing stage.")
 
     # Filled by load_recipe; not part of the schema.
@@ -283,6 +314,21 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
                 out.append((("calibration", "path"), "must be a .txt, .md or .jsonl file"))
     if cal.path and cal.source != "file":
         out.append((("calibration", "path"), f"only used with source: file, not {cal.source}"))
+
+    ev = recipe.evaluation
+    if isinstance(ev.batch_size, int) and ev.batch_size <= 0:
+        out.append((("evaluation", "batch_size"), "must be greater than 0 (or 'auto')"))
+    if ev.gates is not None and ev.gates.tasks:
+        from factory.evaluate.plan import EvalPlan
+
+        measured: set[str] = set()
+        for entry in recipe.models:
+            plan = EvalPlan.for_model(ev, entry.kind)
+            measured |= set(plan.tasks) | {f"{name}_ppl" for name in plan.perplexity}
+        for task in ev.gates.tasks:
+            if task not in measured:
+                out.append((("evaluation", "gates", "tasks", task),
+                            f"not a measured task (measured: {', '.join(sorted(measured))})"))
 
     seen: set[str] = set()
     for i, entry in enumerate(recipe.models):

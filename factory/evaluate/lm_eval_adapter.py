@@ -1,0 +1,66 @@
+"""EleutherAI lm-evaluation-harness through its Python API (`lm_eval.simple_evaluate`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from factory.errors import UserError
+from factory.evaluate.plan import BUNDLED_TASKS, TASKS_DIR, EvalPlan
+
+RAW_FILE = "lm_eval_results.json"
+
+
+def bundled_task_config(name: str) -> dict:
+    """A bundled task YAML with its data files resolved against the tasks folder."""
+    config = yaml.safe_load((TASKS_DIR / f"{name}.yaml").read_text())
+    files = config.get("dataset_kwargs", {}).get("data_files", {})
+    config["dataset_kwargs"]["data_files"] = {split: str(TASKS_DIR / f) for split, f in files.items()}
+    return config
+
+
+def check_tasks(tasks: tuple[str, ...]) -> None:
+    """Unknown task names fail before any model loads."""
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    unknown = [t for t in tasks if t not in BUNDLED_TASKS and t not in known]
+    if unknown:
+        raise UserError(f"evaluation.tasks: unknown lm-eval task {unknown[0]!r}")
+
+
+def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[str, dict[str, float]]:
+    """Evaluate `model_path`; write the harness's output to out_dir; return {task: {metric: value}}."""
+    import lm_eval
+
+    tasks = [bundled_task_config(t) if t in BUNDLED_TASKS else t for t in plan.tasks]
+    if plan.backend == "vllm":
+        model, args = "vllm", {"pretrained": str(model_path), "dtype": "auto", "seed": plan.seed}
+    else:
+        model, args = "hf", {"pretrained": str(model_path), "dtype": "auto"}
+    try:
+        results = lm_eval.simple_evaluate(
+            model=model, model_args=args, tasks=tasks, num_fewshot=plan.num_fewshot,
+            batch_size=plan.batch_size, device=device, limit=plan.limit, log_samples=False,
+            random_seed=plan.seed, numpy_random_seed=plan.seed, torch_random_seed=plan.seed,
+            fewshot_random_seed=plan.seed, bootstrap_iters=1000,
+        )
+    except (ConnectionError, OSError) as exc:
+        raise UserError(f"evaluation: a task's dataset is not available ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]}); offline, use suite: smoke") from None
+    (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
+    return flatten(results)
+
+
+def flatten(results: dict) -> dict[str, dict[str, float]]:
+    """{'arc_easy': {'acc,none': 0.8, 'acc_stderr,none': ...}} -> {'arc_easy': {'acc': 0.8}}; groups too."""
+    flat: dict[str, dict[str, float]] = {}
+    for task, metrics in results["results"].items():
+        for key, value in metrics.items():
+            metric, _, filt = key.partition(",")
+            if not isinstance(value, (int, float)) or metric.endswith("_stderr") or metric == "sample_len":
+                continue
+            flat.setdefault(task, {})[metric if filt in ("none", "") else f"{metric},{filt}"] = float(value)
+    return flat

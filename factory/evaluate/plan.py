@@ -1,0 +1,79 @@
+"""What to evaluate for one build: the suite's tasks, the perplexity sets and the harness settings."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from factory.recipe import Evaluation
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+
+# The paper's suites (Huang et al. 2024): zero-shot commonsense QA + MMLU and three perplexity
+# sets for LLaMA-3; the multimodal QA benchmarks for LLaVA-Next. `smoke` runs offline.
+SUITES = {
+    ("paper", "causal-lm"): (["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"],
+                             ["wikitext2", "c4", "ptb"]),
+    ("paper", "llava-next"): (["ai2d", "chartqa", "docvqa_val", "mme", "mmbench_en_dev"], []),
+    ("smoke", "causal-lm"): (["factory_smoke_mc", "factory_smoke_ppl"], ["demo"]),
+    ("smoke", "llava-next"): (["factory_smoke_images"], ["demo"]),
+}
+BUNDLED_TASKS = {"factory_smoke_mc", "factory_smoke_ppl", "factory_smoke_images"}
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    kind: str
+    harness: str  # lm-eval or lmms-eval
+    tasks: tuple[str, ...]
+    perplexity: tuple[str, ...]
+    perplexity_seq_len: int
+    backend: str
+    batch_size: int | str
+    limit: int | None
+    num_fewshot: int
+    seed: int
+
+    @classmethod
+    def for_model(cls, evaluation: Evaluation, kind: str) -> "EvalPlan":
+        tasks, ppl = SUITES[(evaluation.suite, kind)]
+        return cls(
+            kind=kind,
+            harness="lmms-eval" if kind == "llava-next" else "lm-eval",
+            tasks=tuple(evaluation.tasks if evaluation.tasks is not None else tasks),
+            perplexity=tuple(evaluation.perplexity if evaluation.perplexity is not None else ppl),
+            perplexity_seq_len=evaluation.perplexity_seq_len,
+            backend=evaluation.backend,
+            batch_size=evaluation.batch_size,
+            limit=evaluation.limit,
+            num_fewshot=evaluation.num_fewshot,
+            seed=evaluation.seed,
+        )
+
+    def settings(self) -> dict:
+        """Everything that changes the figures: the plan and the harness's version."""
+        return {**asdict(self), "harness_version": harness_version(self.harness),
+                "bundled_tasks_digest": bundled_tasks_digest() if BUNDLED_TASKS & set(self.tasks) else None}
+
+    def key(self) -> str:
+        blob = json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def harness_version(harness: str) -> str:
+    package = {"lm-eval": "lm_eval", "lmms-eval": "lmms_eval"}[harness]
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def bundled_tasks_digest() -> str:
+    h = hashlib.sha256()
+    for f in sorted(TASKS_DIR.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,70 @@
+"""Base vs. quantized: recovery per task and metric, the mean recovery, and quality gates.
+
+Recovery is quantized/base for accuracy-like metrics and base/quantized for perplexity-like
+ones, so 1.0 means "kept everything" either way. The mean is over each task's primary metric.
+"""
+
+from __future__ import annotations
+
+from factory.recipe import Gate, Gates
+
+PRIMARY_ORDER = ("acc", "exact_match", "perplexity", "word_perplexity", "relaxed_overall", "anls", "mme_perception_score")
+
+
+def lower_is_better(metric: str) -> bool:
+    return "perplexity" in metric or metric in ("bits_per_byte", "ppl")
+
+
+def primary_metric(metrics: dict[str, float]) -> str:
+    for name in PRIMARY_ORDER:
+        if name in metrics:
+            return name
+    return sorted(metrics)[0]
+
+
+def compare(base: dict[str, dict[str, float]], quantized: dict[str, dict[str, float]]) -> dict:
+    tasks: dict[str, dict] = {}
+    primary_recoveries = []
+    for task, metrics in quantized.items():
+        primary = primary_metric(metrics)
+        for metric, value in metrics.items():
+            reference = base.get(task, {}).get(metric)
+            higher = not lower_is_better(metric)
+            recovery = None
+            if reference is not None:
+                if higher:
+                    recovery = value / reference if reference else None
+                else:
+                    recovery = reference / value if value else None
+            row = {"base": reference, "quantized": value, "recovery": recovery, "higher_is_better": higher,
+                   "primary": metric == primary}
+            tasks.setdefault(task, {})[metric] = row
+            if metric == primary and recovery is not None:
+                primary_recoveries.append(recovery)
+    mean = sum(primary_recoveries) / len(primary_recoveries) if primary_recoveries else None
+    return {"tasks": tasks, "mean_recovery": mean}
+
+
+def check_gates(scores: dict, gates: Gates | None) -> list[str]:
+    """One line per failed gate; empty when every gate holds (or there are none)."""
+    if gates is None:
+        return []
+    failures = []
+    mean = scores.get("mean_recovery")
+    if gates.min_recovery is not None and mean is not None and mean < gates.min_recovery:
+        failures.append(f"gate min_recovery: mean recovery {mean:.3f} < {gates.min_recovery}")
+    for task, metrics in scores["tasks"].items():
+        own: Gate | None = gates.tasks.get(task)
+        for metric, row in metrics.items():
+            if not row["primary"] or row["recovery"] is None:
+                continue
+            min_recovery = own.min_recovery if own else None
+            max_ratio = own.max_ppl_ratio if own and own.max_ppl_ratio is not None else gates.max_ppl_ratio
+            if min_recovery is not None and row["recovery"] < min_recovery:
+                failures.append(f"gate {task}.min_recovery: {metric} recovery {row['recovery']:.3f} < {min_recovery}")
+            if max_ratio is not None and not row["higher_is_better"]:
+                ratio = row["quantized"] / row["base"]
+                if ratio > max_ratio:
+                    failures.append(f"gate {task}.max_ppl_ratio: {metric} {row['quantized']:.3f} is "
+                                    f"{ratio:.3f}x the base's {row['base']:.3f} > {max_ratio}")
+    return failures

@@ -1,0 +1,131 @@
+"""The evaluate stage on a tiny Llama with the bundled smoke tasks, through lm-eval."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_factory, write_recipe
+from factory.build import Build
+from factory.evaluate import evaluate
+from factory.evaluate.scores import check_gates, compare
+from factory.quantize import quantize
+from factory.recipe import Gates, load_recipe
+
+EVAL = """evaluation:
+  suite: smoke
+  limit: 6
+  perplexity_seq_len: 64
+  batch_size: 4
+"""
+
+
+def _recipe(tmp_path, name, weights, model_dir, extra=EVAL):
+    return write_recipe(tmp_path, f"name: {name}\nmethod: rtn\nweights: {weights}\n{extra}models:\n"
+                        f"  - {{id: test/tiny, source: local, path: {model_dir}}}\n", f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory, tiny_llama):
+    """Two recipes for the same model, quantized, sharing one workdir."""
+    work = tmp_path_factory.mktemp("eval")
+    builds = []
+    for name, weights in (("rtn-4bit", "{bits: 4, group_size: 32}"), ("rtn-8bit", "{bits: 8, group_size: 32}")):
+        recipe = load_recipe(_recipe(work, name, weights, tiny_llama))
+        build = Build(recipe, recipe.models[0], work)
+        quantize(build)
+        builds.append(build)
+    return work, builds
+
+
+def test_evaluation_end_to_end_and_base_reuse(two_builds):
+    work, (first, second) = two_builds
+    logs: list[str] = []
+    one = evaluate(first, log=logs.append)
+    assert one.base_reused is False and any("evaluating once" in line for line in logs)
+
+    scores = json.loads((first.dir / "eval" / "scores.json").read_text())
+    assert set(scores["tasks"]) == {"factory_smoke_mc", "factory_smoke_ppl", "demo_ppl"}
+    acc = scores["tasks"]["factory_smoke_mc"]["acc"]
+    assert acc["primary"] and acc["higher_is_better"]
+    assert acc["recovery"] == pytest.approx(acc["quantized"] / acc["base"]) if acc["base"] else acc["recovery"] is None
+    ppl = scores["tasks"]["demo_ppl"]["perplexity"]
+    assert not ppl["higher_is_better"] and ppl["recovery"] == pytest.approx(ppl["base"] / ppl["quantized"])
+    assert scores["harness"]["name"] == "lm-eval" and scores["harness"]["backend"] == "hf"
+    assert scores["harness"]["harness_version"] and scores["harness"]["limit"] == 6 and scores["smoke"] is True
+    assert (first.dir / "eval" / "lm_eval_results.json").is_file()
+    assert first.manifest()["stages"]["evaluate"]["status"] == "done"
+    assert first.manifest()["gates"]["passed"] is True
+
+    logs.clear()
+    two = evaluate(second, log=logs.append)
+    assert two.base_reused is True and any("reusing" in line for line in logs)
+    assert len(list((work / "base-evals" / "test--tiny").iterdir())) == 1
+
+    again = evaluate(first, log=logs.append)
+    assert again.stage.skipped is True
+
+
+def test_gate_failure_marks_the_build_failed_and_exits_non_zero(two_builds, tmp_path):
+    work, (first, _) = two_builds
+    recipe_path = first.recipe.source_path
+    text = recipe_path.read_text().replace(
+        "  batch_size: 4\n", "  batch_size: 4\n  gates:\n    min_recovery: 1.5\n    max_ppl_ratio: 0.5\n")
+    gated = recipe_path.with_name("rtn-4bit-gated.yaml")
+    gated.write_text(text)
+    done = run_factory("evaluate", str(gated), "--workdir", str(work))
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "gate " in line]
+    assert any("gate min_recovery: mean recovery" in line for line in lines)
+    assert any("max_ppl_ratio" in line for line in lines) and "Traceback" not in done.stderr
+    assert "skipped" in done.stdout  # gates changed, the figures did not: nothing re-ran
+    manifest = json.loads((first.dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and not manifest["gates"]["passed"]
+
+
+def test_never_quantized_is_one_line(tmp_path, tiny_llama):
+    recipe = _recipe(tmp_path, "fresh", "{bits: 4, group_size: 32}", tiny_llama)
+    done = run_factory("evaluate", str(recipe), "--workdir", str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr.strip() == (f"error: fresh / test/tiny: not quantized yet "
+                                   f"(run: factory quantize {recipe} --model test/tiny)")
+
+
+def test_unknown_task_is_one_line_before_any_model_loads(two_builds):
+    work, (first, _) = two_builds
+    recipe = first.recipe.source_path.with_name("unknown-task.yaml")
+    recipe.write_text(first.recipe.source_path.read_text().replace("  suite: smoke\n", "  suite: smoke\n  tasks: [no_such_task_xyz]\n"))
+    done = run_factory("evaluate", str(recipe), "--workdir", str(work))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: evaluation.tasks: unknown lm-eval task 'no_such_task_xyz'"
+
+
+def test_task_whose_dataset_is_offline_is_one_line_and_not_cached(two_builds):
+    work, (first, _) = two_builds
+    recipe = first.recipe.source_path.with_name("offline-task.yaml")
+    recipe.write_text(first.recipe.source_path.read_text().replace(
+        "  suite: smoke\n", "  suite: smoke\n  tasks: [piqa]\n  perplexity: []\n"))
+    done = run_factory("evaluate", str(recipe), "--workdir", str(work))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("error: evaluation: a task's dataset is not available")
+    assert "Traceback" not in done.stderr
+    for cached in (work / "base-evals" / "test--tiny").iterdir():
+        assert ".partial-" not in cached.name
+        assert json.loads((cached / "metrics.json").read_text())  # only complete entries
+
+
+def test_recovery_and_gates_arithmetic():
+    base = {"mc": {"acc": 0.8}, "wiki_ppl": {"perplexity": 10.0}}
+    quantized = {"mc": {"acc": 0.6}, "wiki_ppl": {"perplexity": 12.5}}
+    scores = compare(base, quantized)
+    assert scores["tasks"]["mc"]["acc"]["recovery"] == pytest.approx(0.75)
+    assert scores["tasks"]["wiki_ppl"]["perplexity"]["recovery"] == pytest.approx(0.8)
+    assert scores["mean_recovery"] == pytest.approx(0.775)
+    assert check_gates(scores, Gates(min_recovery=0.7, max_ppl_ratio=1.3)) == []
+    failures = check_gates(scores, Gates(min_recovery=0.9, max_ppl_ratio=1.2, tasks={"mc": {"min_recovery": 0.8}}))
+    assert failures == [
+        "gate min_recovery: mean recovery 0.775 < 0.9",
+        "gate mc.min_recovery: acc recovery 0.750 < 0.8",
+        "gate wiki_ppl.max_ppl_ratio: perplexity 12.500 is 1.250x the base's 10.000 > 1.2",
+    ]
