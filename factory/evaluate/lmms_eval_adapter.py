@@ -1,0 +1,80 @@
+"""lmms-eval (LLaVA-Next through its `llava_hf` model) via `lmms_eval.evaluator.simple_evaluate`.
+
+lmms-eval is installed without its dependencies (see the Makefile): its requirements pull
+torchvision, whose PyPI build does not load beside the CPU build of torch and which
+`llava_hf` never uses; transformers' PIL image processor serves LLaVA-Next without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from factory.errors import UserError
+from factory.evaluate.lm_eval_adapter import flatten
+from factory.evaluate.plan import TASKS_DIR, EvalPlan
+from factory.models import cache_root
+
+LMMS_TASKS = TASKS_DIR / "lmms"
+RAW_FILE = "lmms_eval_results.json"
+
+
+def bundled_tasks_dir() -> Path:
+    """lmms-eval reads task YAMLs from a folder and resolves data files against the working
+    directory, so the bundled tasks are copied once into the cache with absolute data paths."""
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(LMMS_TASKS.iterdir()) if f.is_file()))
+    target = cache_root() / "lmms-tasks" / digest.hexdigest()[:16]
+    if target.is_dir():
+        return target
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(LMMS_TASKS, partial, ignore=shutil.ignore_patterns("__pycache__"))
+    for task_yaml in partial.glob("*.yaml"):  # text, not YAML: the files hold `!function` tags
+        text = re.sub(r"(\s)(\S+\.jsonl)", lambda m: f"{m[1]}{target / m[2]}", task_yaml.read_text())
+        task_yaml.write_text(text)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target
+
+
+def _task_manager():
+    try:
+        from lmms_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise UserError(f"evaluation: lmms-eval is not installed ({exc}); run `make test` or see the README") from None
+    return TaskManager(include_path=str(bundled_tasks_dir()))
+
+
+def check_tasks(tasks: tuple[str, ...]) -> None:
+    known = set(_task_manager().all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise UserError(f"evaluation.tasks: unknown lmms-eval task {unknown[0]!r}")
+
+
+def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[str, dict[str, float]]:
+    from lmms_eval.evaluator import simple_evaluate
+
+    processor_config = model_path / "processor_config.json"
+    has_chat_template = (model_path / "chat_template.jinja").is_file() or (
+        processor_config.is_file() and "chat_template" in json.loads(processor_config.read_text()))
+    try:
+        results = simple_evaluate(
+            model="llava_hf",
+            # transformers 5 rejects llava_hf's default device_map ""; name the device instead.
+            model_args=f"pretrained={model_path},dtype=auto,device_map={device}",
+            tasks=list(plan.tasks), task_manager=_task_manager(), batch_size=plan.batch_size, device=device,
+            limit=plan.limit, num_fewshot=plan.num_fewshot, log_samples=False, bootstrap_iters=1000,
+            random_seed=plan.seed, numpy_random_seed=plan.seed, torch_random_seed=plan.seed,
+            force_simple=not has_chat_template,
+        )
+    except (ConnectionError, OSError) as exc:
+        raise UserError(f"evaluation: a task's dataset is not available ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160]}); offline, use suite: smoke") from None
+    (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
+    return flatten(results)
+
