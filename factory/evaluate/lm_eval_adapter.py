@@ -48,10 +48,16 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
             fewshot_random_seed=plan.seed, bootstrap_iters=1000,
         )
     except (ConnectionError, OSError) as exc:
-        raise UserError(f"evaluation: a task's dataset is not available ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]}); offline, use suite: smoke") from None
+        raise dataset_unavailable(exc) from None
     (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
     return flatten(results)
+
+
+def dataset_unavailable(exc: Exception) -> UserError:
+    """The harnesses raise connection/OS errors when a task's dataset cannot be fetched."""
+    first = (str(exc).splitlines() or [""])[0][:160]
+    return UserError(f"evaluation: a task's dataset is not available ({type(exc).__name__}: {first}); "
+                     "offline, use suite: smoke")
 
 
 def flatten(results: dict) -> dict[str, dict[str, float]]:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from factory.errors import UserError
-from factory.evaluate.lm_eval_adapter import flatten
+from factory.evaluate.lm_eval_adapter import dataset_unavailable, flatten
 from factory.evaluate.plan import TASKS_DIR, EvalPlan
 from factory.models import cache_root
 
@@ -73,8 +73,7 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
             force_simple=not has_chat_template,
         )
     except (ConnectionError, OSError) as exc:
-        raise UserError(f"evaluation: a task's dataset is not available ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:160]}); offline, use suite: smoke") from None
+        raise dataset_unavailable(exc) from None
     (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
     return flatten(results)
 
