@@ -150,3 +150,12 @@ def test_llava_next_evaluates_through_lmms_eval(tmp_path, tiny_llava):
     raw = json.loads((build.dir / "eval" / "lmms_eval_results.json").read_text())
     assert raw["n-samples"]["factory_smoke_images"]["effective"] == 4
     assert not [m for m in images if "stderr" in m]
+
+
+def test_vllm_backend_without_vllm_is_one_line(two_builds):
+    work, (first, _) = two_builds
+    recipe = first.recipe.source_path.with_name("vllm.yaml")
+    recipe.write_text(first.recipe.source_path.read_text().replace("  suite: smoke\n", "  suite: smoke\n  backend: vllm\n"))
+    done = run_factory("evaluate", str(recipe), "--workdir", str(work))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: evaluation.backend: vllm is not installed here (it needs a GPU); use backend: hf"

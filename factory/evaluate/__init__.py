@@ -10,6 +10,7 @@ Gates are checked after the stage, so changing a gate never re-runs an evaluatio
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -51,6 +52,8 @@ def evaluate(build: Build, log=print) -> Evaluated:
         raise UserError(f"{build.recipe.name} / {build.entry.id}: not quantized yet "
                         f"(run: factory quantize {build.recipe.source_path or build.recipe.name} --model {build.entry.id})")
     plan = EvalPlan.for_model(build.recipe.evaluation, build.entry.kind)
+    if plan.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise UserError("evaluation.backend: vllm is not installed here (it needs a GPU); use backend: hf")
     adapter = _adapter(plan.harness)
     if plan.tasks:
         adapter.check_tasks(plan.tasks)
@@ -63,7 +66,7 @@ def evaluate(build: Build, log=print) -> Evaluated:
         base = json.loads((base_dir / METRICS_FILE).read_text())
         scores = {
             **compare(base, quantized),
-            "harness": {"name": plan.harness, **plan.settings(), "device": _device(),
+            "harness": {"name": plan.harness, **plan.settings(), "device": _device(), "dtype": "auto",
                         "libraries": library_versions()},
             "smoke": any(t in BUNDLED_TASKS for t in plan.tasks) or "demo" in plan.perplexity,
             "base_evaluation": str(base_dir),

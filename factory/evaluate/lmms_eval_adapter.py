@@ -62,11 +62,14 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
     processor_config = model_path / "processor_config.json"
     has_chat_template = (model_path / "chat_template.jinja").is_file() or (
         processor_config.is_file() and "chat_template" in json.loads(processor_config.read_text()))
+    if plan.backend == "vllm":
+        model, args = "vllm", f"model={model_path},dtype=auto"
+    else:
+        # transformers 5 rejects llava_hf's default device_map ""; name the device instead.
+        model, args = "llava_hf", f"pretrained={model_path},dtype=auto,device_map={device}"
     try:
         results = simple_evaluate(
-            model="llava_hf",
-            # transformers 5 rejects llava_hf's default device_map ""; name the device instead.
-            model_args=f"pretrained={model_path},dtype=auto,device_map={device}",
+            model=model, model_args=args,
             tasks=list(plan.tasks), task_manager=_task_manager(), batch_size=plan.batch_size, device=device,
             limit=plan.limit, num_fewshot=plan.num_fewshot, log_samples=False, bootstrap_iters=1000,
             random_seed=plan.seed, numpy_random_seed=plan.seed, torch_random_seed=plan.seed,
