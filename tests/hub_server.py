@@ -248,6 +248,12 @@ class FakeHub:
         with self._lock:
             self._faults[action].extend([mode] * count)
 
+    def clear_faults(self) -> None:
+        """Forget faults that no request has consumed yet."""
+        with self._lock:
+            for queue in self._faults.values():
+                queue.clear()
+
     def deny_writes(self, username: str, namespace: str) -> None:
         with self._lock:
             self._denied.add((username, namespace.lower()))

@@ -59,7 +59,7 @@ def evaluate(build: Build, log=print) -> Evaluated:
         adapter.check_tasks(plan.tasks)
 
     base_dir, reused = evaluate_base(build, plan, adapter, log)
-    fingerprint = hashlib.sha256(f"{build.fingerprint()}:{plan.key()}".encode()).hexdigest()[:16]
+    fingerprint = evaluation_fingerprint(build)
 
     def work(out: Path) -> dict:
         quantized = measure(plan, adapter, build.model_dir, out)
@@ -79,6 +79,12 @@ def evaluate(build: Build, log=print) -> Evaluated:
     failures = check_gates(scores, build.recipe.evaluation.gates)
     build.record_gates(failures)
     return Evaluated(stage, scores, failures, reused)
+
+
+def evaluation_fingerprint(build: Build) -> str:
+    """The evaluate stage's fingerprint: the build's plus the plan's (computable without running it)."""
+    plan = EvalPlan.for_model(build.recipe.evaluation, build.entry.kind)
+    return hashlib.sha256(f"{build.fingerprint()}:{plan.key()}".encode()).hexdigest()[:16]
 
 
 def evaluate_base(build: Build, plan: EvalPlan, adapter, log) -> tuple[Path, bool]:

@@ -15,17 +15,22 @@ import math
 import random
 from pathlib import Path
 
-import torch
-
 from factory.errors import UserError
 
 DEMO_HELDOUT = Path(__file__).resolve().parent.parent / "data" / "demo_heldout.txt"
 C4_WINDOWS = 256
 
 
-@torch.no_grad()
-def perplexity(model, token_ids: list[int] | torch.Tensor, seq_len: int = 2048) -> float:
-    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
+def perplexity(model, token_ids, seq_len: int = 2048) -> float:
+    import torch  # here, not at import: `factory plan` imports this package and must stay fast
+
+    with torch.no_grad():
+        return _perplexity(model, torch.as_tensor(token_ids, dtype=torch.long).flatten(), seq_len)
+
+
+def _perplexity(model, ids, seq_len: int) -> float:
+    import torch
+
     windows = ids.numel() // seq_len
     if windows == 0:
         raise ValueError(f"perplexity needs at least {seq_len} tokens, got {ids.numel()}")

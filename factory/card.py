@@ -1,0 +1,314 @@
+"""The card stage: a build's model/ and eval/ -> builds/<recipe>/<model>/card/ (README.md + plots).
+
+The card is rendered from the Jinja2 template in model_cards/ through huggingface_hub's
+ModelCard.from_template, so its front matter is what the Hub reads: base_model with
+`base_model_relation: quantized`, license, tags, the scores as `model-index`, and a `factory`
+block with the build's fingerprint (what `factory plan` and `factory push` compare). The
+rendered card is parsed back with ModelCard/ModelCardData before it is accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from factory.build import Build, StageResult, library_versions, run_stage
+from factory.errors import UserError
+from factory.models import slug
+from factory.paper import CITATION, paper_rows
+from factory.recipe import BITSANDBYTES_METHODS, PER_CHANNEL
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
+TEMPLATE = "model_card.md.j2"
+CARD_FILE = "README.md"
+RECOVERY_PLOT = "recovery.png"
+COMPARISON_PLOT = "comparison.png"
+PIPELINE_TAGS = {"causal-lm": "text-generation", "llava-next": "image-text-to-text"}
+PRETTY_TASKS = {
+    "piqa": "PIQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
+    "winogrande": "Winogrande", "mmlu": "MMLU", "wikitext2_ppl": "WikiText2 (perplexity)",
+    "c4_ppl": "C4 (perplexity)", "ptb_ppl": "PTB (perplexity)", "ai2d": "AI2D", "chartqa": "ChartQA",
+    "docvqa_val": "DocVQA (val)", "mme": "MME", "mmbench_en_dev": "MMBench (en, dev)",
+    "factory_smoke_mc": "factory smoke multiple choice (bundled)",
+    "factory_smoke_ppl": "factory smoke held-out text (bundled)",
+    "factory_smoke_images": "factory smoke drawn shapes (bundled)",
+    "demo_ppl": "factory demo held-out text (perplexity, bundled)",
+}
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """Another recipe's evaluated build of the same base model, for the comparison."""
+
+    recipe: str
+    scheme: str
+    method: str
+    mean_recovery: float | None
+    size_bytes: int | None
+
+
+def card(build: Build, repo_id: str) -> StageResult:
+    """Render the card for `repo_id`, or skip when nothing it shows has changed."""
+    evaluated = build.dir / "eval"
+    if not build.stage_done("quantize", build.model_dir):
+        raise UserError(f"{build.recipe.name} / {build.entry.id}: not quantized yet "
+                        f"(run: factory quantize {_recipe_arg(build)} --model {build.entry.id})")
+    if build.manifest().get("stages", {}).get("evaluate", {}).get("status") != "done" or not evaluated.is_dir():
+        raise UserError(f"{build.recipe.name} / {build.entry.id}: not evaluated yet; a card needs scores "
+                        f"(run: factory evaluate {_recipe_arg(build)} --model {build.entry.id})")
+    siblings = find_siblings(build)
+    template = TEMPLATES / TEMPLATE
+    if not template.is_file():
+        raise UserError(f"model card template missing: {template}")
+    inputs = {
+        "build": build.fingerprint(),
+        "evaluation": build.manifest()["stages"]["evaluate"]["fingerprint"],
+        "gates": build.manifest().get("gates"),
+        "repo_id": repo_id,
+        "siblings": [s.__dict__ for s in siblings],
+        "template": hashlib.sha256(template.read_bytes()).hexdigest(),
+        "recipe_text": _recipe_text(build),
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+    def work(out: Path) -> dict:
+        scores = json.loads((evaluated / "scores.json").read_text())
+        plot_recovery(scores, out / RECOVERY_PLOT)
+        if siblings:
+            plot_comparison(build, scores, siblings, out / COMPARISON_PLOT)
+        text = render(build, repo_id, scores, siblings, has_comparison=bool(siblings))
+        check_card(text)
+        (out / CARD_FILE).write_text(text, encoding="utf-8")
+        return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
+
+    return run_stage(build, "card", build.dir / "card", work, fingerprint=fingerprint)
+
+
+def publish_fingerprint(build: Build) -> str:
+    """What a published copy is compared by: the build and the evaluation that scored it.
+    Computed from the recipe alone, so `factory plan` needs no build on disk."""
+    from factory.evaluate import evaluation_fingerprint
+
+    return hashlib.sha256(f"{build.fingerprint()}:{evaluation_fingerprint(build)}".encode()).hexdigest()[:16]
+
+
+def factory_metadata(build: Build) -> dict:
+    """The `factory` block of the card's front matter: enough for `plan` to say why a copy is stale."""
+    from factory.evaluate import evaluation_fingerprint
+
+    inputs = build.fingerprint_inputs
+    return {
+        "fingerprint": publish_fingerprint(build),
+        "build_fingerprint": build.fingerprint(),
+        "evaluation_fingerprint": evaluation_fingerprint(build),
+        "recipe": build.recipe.name,
+        "settings_digest": _digest(inputs["settings"]),
+        "calibration_digest": inputs["calibration_data"],
+        "base_revision": inputs["base_model"]["revision"],
+        "libraries": inputs["libraries"],
+    }
+
+
+def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], has_comparison: bool) -> str:
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    s, entry = build.settings, build.entry
+    stage = build.manifest()["stages"]["quantize"]
+    compressed = s.method not in BITSANDBYTES_METHODS
+    kind_task = PIPELINE_TAGS[entry.kind]
+    rows = score_rows(scores)
+    eval_results = [
+        EvalResult(task_type=kind_task, dataset_type=row["task"], dataset_name=row["pretty"],
+                   metric_type=row["metric"], metric_value=round(row["quantized"], 4),
+                   metric_name=row["metric"] + (" (smoke evaluation)" if scores.get("smoke") else ""))
+        for row in rows if row["quantized"] is not None
+    ]
+    tags = [s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory",
+            *(["compressed-tensors", "llm-compressor"] if compressed else ["bitsandbytes"]),
+            *(["llava-next"] if entry.kind == "llava-next" else [])]
+    data = ModelCardData(
+        base_model=entry.id, library_name="transformers", pipeline_tag=kind_task, license=base_license(build),
+        tags=tags, model_name=repo_id.split("/")[-1], eval_results=eval_results or None,
+        base_model_relation="quantized", factory=factory_metadata(build),
+    )
+    gates = build.manifest().get("gates") or {}
+    context = {
+        "repo_id": repo_id, "recipe": build.recipe, "entry": entry, "s": s, "stage": stage,
+        "scores": scores, "rows": rows, "siblings": siblings, "has_comparison": has_comparison,
+        "group": "per-channel" if s.group_size == PER_CHANNEL else s.group_size,
+        "compressed": compressed, "vllm_serves": compressed and s.bits in (4, 8),
+        "warning": paper_warning(s.bits, entry.kind), "gate_failures": gates.get("failures") or [],
+        "paper": paper_rows(entry.id, s.method, s.bits, s.group_size),
+        "recipe_text": _recipe_text(build), "reproduce": f"factory publish {_recipe_arg(build)} --model {entry.id}",
+        "libraries": {**library_versions(), "lm-eval/lmms-eval": scores.get("harness", {}).get("harness_version")},
+        "fingerprint": publish_fingerprint(build), "citation": CITATION, "pct": _pct, "mb": _mb,
+        "recovery_plot": RECOVERY_PLOT, "comparison_plot": COMPARISON_PLOT,
+    }
+    # ModelCard.from_template's plain jinja2.Template keeps a blank line per {% %} line, which
+    # breaks Markdown tables; the same rendering with trim_blocks does not.
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return str(ModelCard(env.get_template(TEMPLATE).render(card_data=data.to_yaml(), **context)))
+
+
+def check_card(text: str) -> None:
+    """Parse the rendered card back as the Hub's client does; metadata errors fail the stage."""
+    from huggingface_hub import ModelCard
+
+    try:
+        parsed = ModelCard(text)  # raises on YAML or model-index errors
+    except ValueError as exc:
+        raise RuntimeError(f"rendered model card has invalid metadata: {exc}") from None
+    data = parsed.data
+    missing = [k for k in ("base_model", "base_model_relation", "license", "library_name", "pipeline_tag", "tags")
+               if not getattr(data, k, None) and not data.to_dict().get(k)]
+    if missing:
+        raise RuntimeError(f"rendered model card lacks {', '.join(missing)}")
+    if data.to_dict().get("factory", {}).get("fingerprint") is None:
+        raise RuntimeError("rendered model card lacks the factory fingerprint")
+
+
+def score_rows(scores: dict) -> list[dict]:
+    rows = []
+    for task, metrics in sorted(scores["tasks"].items()):
+        for metric, row in metrics.items():
+            if row["primary"]:
+                rows.append({"task": task, "pretty": PRETTY_TASKS.get(task, task), "metric": metric, **row})
+    return rows
+
+
+def paper_warning(bits: int, kind: str) -> str | None:
+    """What Huang et al. 2024 found at this bit width, where it is a warning."""
+    if bits == 3:
+        return ("Huang et al. 2024 found a clear loss at 3 bits for every post-training method on LLaMA-3 "
+                "(for LLaVA-Next-8B, 5-20% on multimodal tasks). Check the scores below before using it.")
+    if bits <= 2:
+        extra = " and to 0 on all multimodal tasks for LLaVA-Next-8B" if kind == "llava-next" else ""
+        return ("Huang et al. 2024 found that LLaMA-3 collapses at 2 bits with these methods (perplexity "
+                f"in the hundreds or thousands{extra}). This build exists to reproduce that row, not for use.")
+    return None
+
+
+def base_license(build: Build) -> str:
+    """The recipe's license for the base model, else the base model's own card on disk, else 'other'."""
+    if build.entry.license:
+        return build.entry.license
+    base_path = build.manifest().get("stages", {}).get("quantize", {}).get("base_model_path")
+    readme = Path(base_path) / "README.md" if base_path else None
+    if readme and readme.is_file():
+        text = readme.read_text(encoding="utf-8", errors="replace")
+        if text.startswith("---"):
+            try:
+                front = yaml.safe_load(text.split("---", 2)[1]) or {}
+            except yaml.YAMLError:
+                front = {}
+            if isinstance(front.get("license"), str):
+                return front["license"]
+    return "other"
+
+
+def find_siblings(build: Build) -> list[Sibling]:
+    """Other recipes' evaluated builds of the same model in this workdir."""
+    found = []
+    for scores_path in sorted((build.root / "builds").glob(f"*/{slug(build.entry.id)}/eval/scores.json")):
+        build_dir = scores_path.parent.parent
+        if build_dir == build.dir:
+            continue
+        try:
+            manifest = json.loads((build_dir / "manifest.json").read_text())
+            scores = json.loads(scores_path.read_text())
+            settings = manifest["fingerprint_inputs"]["settings"]
+        except (OSError, ValueError, KeyError):
+            continue  # a half-written or foreign folder is no sibling
+        from factory.recipe import Settings
+
+        label = Settings.model_validate(settings).scheme_label
+        found.append(Sibling(manifest.get("recipe", build_dir.parent.name), label, settings["method"],
+                             scores.get("mean_recovery"),
+                             manifest.get("stages", {}).get("quantize", {}).get("size_bytes")))
+    return found
+
+
+# ---------------------------------------------------------------- plots
+
+
+def plot_recovery(scores: dict, path: Path) -> None:
+    plt = _pyplot()
+    rows = [r for r in score_rows(scores) if r["recovery"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(rows), 2) + 1.2))
+    names = [f"{PRETTY_TASKS.get(r['task'], r['task'])} ({r['metric']})" for r in rows]
+    values = [r["recovery"] for r in rows]
+    ax.barh(names, values, color=["#3b7dd8" if v >= 0.95 else "#e69f00" if v >= 0.8 else "#d55e00" for v in values])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("recovery (1.0 = the base model's score)")
+    ax.set_xlim(0, max([1.05, *values]) * 1.05)
+    ax.invert_yaxis()
+    ax.set_title("Per-task recovery" + (" (smoke evaluation)" if scores.get("smoke") else ""))
+    _save(fig, path)
+
+
+def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: Path) -> None:
+    plt = _pyplot()
+    entries = [(f"{build.recipe.name} (this)", scores.get("mean_recovery"))] + [
+        (s.recipe, s.mean_recovery) for s in siblings]
+    entries = [(name, value) for name, value in entries if value is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(entries), 2) + 1.2))
+    ax.barh([n for n, _ in entries], [v for _, v in entries],
+            color=["#3b7dd8" if i == 0 else "#999999" for i in range(len(entries))])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("mean recovery")
+    ax.invert_yaxis()
+    ax.set_title(f"Builds of {build.entry.id}")
+    _save(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on build machines
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same input, same bytes
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _recipe_text(build: Build) -> str:
+    source = build.recipe.source_path
+    if source and source.is_file():
+        return source.read_text(encoding="utf-8")
+    return yaml.safe_dump(build.recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def _recipe_arg(build: Build) -> str:
+    return str(build.recipe.source_path or build.recipe.name)
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _mb(size) -> str:
+    if not size:
+        return "-"
+    return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"

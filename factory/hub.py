@@ -1,0 +1,303 @@
+"""Where builds are published: the Hugging Face Hub, or a local folder laid out the same way.
+
+Both targets answer three questions: what build does a repo hold now (`lookup`, read from the
+card's `factory` metadata), put these files there as one unit (`publish`), and what files
+does it hold (`listing`, for verification). The Hub target uploads everything in ONE commit,
+so a failure at any point before the commit leaves the repo as it was; files the new build no
+longer has are deleted in that same commit. The token comes from huggingface_hub (HF_TOKEN
+or the stored login) and is never printed or written anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import yaml
+
+from factory.errors import FactoryError, HubUnreachable, UserError
+
+GITATTRIBUTES = ".gitattributes"  # the Hub adds it to every repo; not part of a build
+
+
+@dataclass(frozen=True)
+class RemoteBuild:
+    """What a repo holds now: its commit and the card's `factory` metadata (None: not a factory build)."""
+
+    repo_id: str
+    commit: str | None
+    factory: dict | None
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    size: int
+    sha256: str | None  # LFS files (and every file of a local folder)
+    git_sha1: str | None  # regular files on the Hub
+
+
+@dataclass
+class Pushed:
+    repo_id: str
+    url: str
+    commit: str | None
+    tag: str | None
+    deleted: list[str] = field(default_factory=list)
+
+
+class Target(Protocol):
+    description: str
+
+    def default_org(self) -> str: ...
+    def lookup(self, repo_id: str) -> RemoteBuild | None: ...
+    def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
+                private: bool) -> Pushed: ...
+    def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None: ...
+    def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]: ...
+
+
+def target_for(to: str | None) -> Target:
+    """`--to DIR`: a local folder; otherwise the Hub at HF_ENDPOINT (default huggingface.co)."""
+    return LocalFolder(Path(to)) if to else Hub()
+
+
+# ---------------------------------------------------------------- the Hub
+
+
+class Hub:
+    def __init__(self) -> None:
+        from huggingface_hub import HfApi, constants, get_token
+
+        self.endpoint = constants.ENDPOINT
+        self.description = f"the Hub at {self.endpoint}"
+        self._token = get_token()  # kept private: never formatted into a message or a file
+        self.api = HfApi(endpoint=self.endpoint, token=self._token or False)
+        self._org: str | None = None
+
+    def require_token(self) -> None:
+        if not self._token:
+            raise UserError("no Hugging Face token: set HF_TOKEN (or run `hf auth login`) to publish to "
+                            f"{self.endpoint}")
+
+    def default_org(self) -> str:
+        if self._org is None:
+            if not self._token:
+                raise UserError("publish.org is not set and there is no token to ask the Hub for your user "
+                                "name: set publish.org in the recipe, pass --org, or set HF_TOKEN")
+            with hub_errors("ask the Hub who the token belongs to", ""):
+                self._org = self.api.whoami()["name"]
+        return self._org
+
+    def lookup(self, repo_id: str) -> RemoteBuild | None:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            with hub_errors("read", repo_id):
+                info = self.api.model_info(repo_id)
+        except _NotFound:
+            return None
+        except RepositoryNotFoundError:
+            return None
+        data = info.card_data.to_dict() if info.card_data is not None else {}
+        block = data.get("factory")
+        return RemoteBuild(repo_id, info.sha, block if isinstance(block, dict) else None)
+
+    def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
+                private: bool) -> Pushed:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        self.require_token()
+        with hub_errors("create", repo_id):
+            url = self.api.create_repo(repo_id, private=private, exist_ok=True)
+        current = self.lookup(repo_id)
+        head = current.commit if current else None
+        stale = sorted(set(self.listing(repo_id, head)) - set(files) - {GITATTRIBUTES}) if head else []
+        operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local))
+                      for path, local in sorted(files.items())]
+        operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
+        with hub_errors("upload to", repo_id):
+            # One commit: the LFS uploads happen first and the commit only names them, so a
+            # failure anywhere before it publishes nothing. parent_commit refuses to overwrite
+            # a commit someone else made in the meantime.
+            commit = self.api.create_commit(repo_id, operations, commit_message=message,
+                                            commit_description=description, parent_commit=head)
+        self.ensure_tag(repo_id, tag, commit.oid)
+        return Pushed(repo_id, str(url), commit.oid, tag, stale)
+
+    def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:
+        if not self._token or commit is None:
+            return
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            with hub_errors("tag", repo_id):
+                refs = self.api.list_repo_refs(repo_id)
+                if any(t.name == tag for t in refs.tags):
+                    return
+                self.api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"factory build {tag}",
+                                    exist_ok=True)
+        except (FactoryError, HfHubHTTPError) as exc:
+            raise FactoryError(f"{repo_id}: commit {commit[:12]} is published, but tagging it failed ({exc}); "
+                               "run again to add the tag") from None
+
+    def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]:
+        from huggingface_hub.hf_api import RepoFile
+
+        with hub_errors("list", repo_id):
+            entries = self.api.list_repo_tree(repo_id, revision=revision, recursive=True, expand=True)
+            return {e.path: RemoteFile(e.size, e.lfs.sha256 if e.lfs else None, None if e.lfs else e.blob_id)
+                    for e in entries if isinstance(e, RepoFile)}
+
+
+class _NotFound(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def hub_errors(action: str, repo_id: str) -> Iterator[None]:
+    """Map the client's errors to one line each: bad input (exit 2) or a failed call (exit 1)."""
+    try:
+        yield
+    except Exception as exc:
+        # The client wraps a failed LFS upload in RuntimeError("Error while uploading ..."): look
+        # at the cause too.
+        for candidate in (exc, exc.__cause__):
+            mapped = _one_line_error(candidate, action, f" {repo_id}" if repo_id else "")
+            if mapped is not None:
+                raise mapped from None
+        raise
+
+
+def _one_line_error(exc: BaseException | None, action: str, where: str) -> Exception | None:
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return HubUnreachable(f"cannot {action}{where}: HF_HUB_OFFLINE is set (use --to DIR for a local folder)")
+    if isinstance(exc, RepositoryNotFoundError):
+        if action == "read":
+            return _NotFound()
+        return UserError(f"cannot {action}{where}: the Hub says it does not exist or the token may not see it")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            return UserError(f"cannot {action}{where}: the Hub rejected the token (HTTP 401); check HF_TOKEN")
+        if status == 403:
+            return UserError(f"cannot {action}{where}: permission refused (HTTP 403); the token may not write "
+                             "to this namespace")
+        if status in (400, 409, 412, 422):
+            return UserError(f"cannot {action}{where}: the Hub refused (HTTP {status}: {_server_message(exc)})")
+        return FactoryError(f"cannot {action}{where}: the Hub answered HTTP {status} ({_server_message(exc)}); "
+                            "nothing was published; run again")
+    if isinstance(exc, (httpx.HTTPError, ConnectionError, TimeoutError)):
+        return HubUnreachable(f"cannot {action}{where}: the Hub did not answer ({type(exc).__name__}); "
+                              "nothing was published; run again")
+    return None
+
+
+def _server_message(exc) -> str:
+    message = getattr(exc, "server_message", None) or str(exc)
+    return (message.strip().splitlines() or [""])[0][:200]
+
+
+# ---------------------------------------------------------------- a local folder
+
+
+class LocalFolder:
+    """<root>/<org>/<name>/ holds exactly the files an upload would; swapped in whole."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.description = f"the local folder {root}"
+
+    def default_org(self) -> str:
+        return "local"
+
+    def _dir(self, repo_id: str) -> Path:
+        return self.root / repo_id
+
+    def lookup(self, repo_id: str) -> RemoteBuild | None:
+        readme = self._dir(repo_id) / "README.md"
+        if not readme.is_file():
+            return None
+        block = card_metadata(readme.read_text(encoding="utf-8")).get("factory")
+        return RemoteBuild(repo_id, None, block if isinstance(block, dict) else None)
+
+    def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
+                private: bool) -> Pushed:
+        final = self._dir(repo_id)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        try:
+            for path, local in files.items():
+                (partial / path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, partial / path)
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            deleted = sorted(set(self.listing(repo_id, None)) - set(files)) if final.is_dir() else []
+            if final.is_dir():
+                os.replace(final, old)
+            os.replace(partial, final)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return Pushed(repo_id, str(final), None, None, deleted)
+
+    def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:
+        return None  # a folder has no refs
+
+    def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]:
+        base = self._dir(repo_id)
+        return {str(p.relative_to(base)): RemoteFile(p.stat().st_size, sha256_file(p), None)
+                for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- verification
+
+
+def verify(target: Target, repo_id: str, revision: str | None, files: dict[str, Path]) -> list[str]:
+    """Compare what the target holds with the local files: names, sizes and hashes. [] when equal."""
+    remote = {path: f for path, f in target.listing(repo_id, revision).items() if path != GITATTRIBUTES}
+    problems = [f"missing on the target: {p}" for p in sorted(set(files) - set(remote))]
+    problems += [f"not in the build but on the target: {p}" for p in sorted(set(remote) - set(files))]
+    for path in sorted(set(files) & set(remote)):
+        local, theirs = files[path], remote[path]
+        if local.stat().st_size != theirs.size:
+            problems.append(f"{path}: size {theirs.size} on the target, {local.stat().st_size} here")
+        elif theirs.sha256 is not None and theirs.sha256 != sha256_file(local):
+            problems.append(f"{path}: sha256 differs")
+        elif theirs.sha256 is None and theirs.git_sha1 is not None and theirs.git_sha1 != git_blob_sha1(local):
+            problems.append(f"{path}: git blob hash differs")
+    return problems
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The id git (and the Hub) gives a regular file: sha1 of 'blob <size>\\0' + content."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def card_metadata(text: str) -> dict:
+    """The YAML front matter of a card, {} when there is none or it does not parse."""
+    if not text.startswith("---"):
+        return {}
+    try:
+        data = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,40 @@
+"""`publish` = quantize -> evaluate -> card -> push for one build, reusing finished stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from factory.build import Build
+from factory.card import card
+from factory.evaluate import Evaluated, evaluate
+from factory.hub import Target
+from factory.push import GatesFailed, PushResult, push, resolve_repo_id
+from factory.quantize import quantize
+
+
+@dataclass
+class Published:
+    build: Build
+    evaluated: Evaluated
+    pushed: PushResult
+
+
+def publish(build: Build, target: Target, org: str | None = None, dry_run: bool = False, force: bool = False,
+            log=print) -> Published:
+    # The repo id is checked (and the Hub asked for the user name) before hours of quantization.
+    repo = resolve_repo_id(build, target, org)
+    if hasattr(target, "require_token") and not dry_run:
+        target.require_token()
+    quantized = quantize(build)
+    log("  quantize: " + ("reused the finished build" if quantized.skipped
+                          else f"done in {quantized.record['wall_time_s']:.1f} s"))
+    evaluated = evaluate(build, log=log)
+    log("  evaluate: " + ("reused the finished evaluation" if evaluated.stage.skipped else "done")
+        + (f", mean recovery {evaluated.scores['mean_recovery']:.3f}" if evaluated.scores.get("mean_recovery") is not None else ""))
+    if evaluated.gate_failures and not force:
+        raise GatesFailed(f"{build.recipe.name} / {build.entry.id}: not published: it failed its quality gates "
+                          f"({'; '.join(evaluated.gate_failures)}); pass --force to publish it anyway")
+    rendered = card(build, repo)
+    log(f"  card: {rendered.output / 'README.md'}" + (" (unchanged)" if rendered.skipped else ""))
+    pushed = push(build, target, repo, dry_run=dry_run, force=force, log=log)
+    return Published(build, evaluated, pushed)
