@@ -242,8 +242,8 @@ def find_siblings(build: Build) -> list[Sibling]:
 def plot_recovery(scores: dict, path: Path) -> None:
     plt = _pyplot()
     rows = [r for r in score_rows(scores) if r["recovery"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(rows), 2) + 1.2))
-    names = [f"{PRETTY_TASKS.get(r['task'], r['task'])} ({r['metric']})" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.4))
+    names = [f"{r['task']} ({r['metric']})" for r in rows]  # the card's table has the long names
     values = [r["recovery"] for r in rows]
     ax.barh(names, values, color=["#3b7dd8" if v >= 0.95 else "#e69f00" if v >= 0.8 else "#d55e00" for v in values])
     ax.axvline(1.0, color="black", linewidth=0.8)
@@ -259,7 +259,7 @@ def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: P
     entries = [(f"{build.recipe.name} (this)", scores.get("mean_recovery"))] + [
         (s.recipe, s.mean_recovery) for s in siblings]
     entries = [(name, value) for name, value in entries if value is not None]
-    fig, ax = plt.subplots(figsize=(7, 0.45 * max(len(entries), 2) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(entries), 2) + 1.4))
     ax.barh([n for n, _ in entries], [v for _, v in entries],
             color=["#3b7dd8" if i == 0 else "#999999" for i in range(len(entries))])
     ax.axvline(1.0, color="black", linewidth=0.8)

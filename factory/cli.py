@@ -230,10 +230,8 @@ def cmd_publish(args) -> int:
               flush=True)
         done = publish(build, target, org=args.org, dry_run=args.dry_run, force=args.force)
         print(score_table(done.evaluated.scores))
-        where = done.pushed.location
         if not args.dry_run:
-            card_path = (f"{where}/README.md" if args.to else f"{where} (README.md)")
-            print(f"  card: {card_path}")
+            print(f"  card: {done.pushed.location}" + ("/README.md" if args.to else ""))
         _append_summary(args.summary, build, done.pushed, done.evaluated.scores)
     return 0
 

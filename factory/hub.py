@@ -48,15 +48,17 @@ class Pushed:
     commit: str | None
     tag: str | None
     deleted: list[str] = field(default_factory=list)
+    sha256: dict[str, str] = field(default_factory=dict)  # what the upload already hashed, by repo path
 
 
 class Target(Protocol):
     description: str
 
     def default_org(self) -> str: ...
+    def location(self, repo_id: str) -> str: ...
     def lookup(self, repo_id: str) -> RemoteBuild | None: ...
     def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
-                private: bool) -> Pushed: ...
+                private: bool, head: str | None) -> Pushed: ...
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None: ...
     def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]: ...
 
@@ -84,6 +86,9 @@ class Hub:
             raise UserError("no Hugging Face token: set HF_TOKEN (or run `hf auth login`) to publish to "
                             f"{self.endpoint}")
 
+    def location(self, repo_id: str) -> str:
+        return f"{self.endpoint}/{repo_id}"
+
     def default_org(self) -> str:
         if self._org is None:
             if not self._token:
@@ -108,14 +113,16 @@ class Hub:
         return RemoteBuild(repo_id, info.sha, block if isinstance(block, dict) else None)
 
     def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
-                private: bool) -> Pushed:
+                private: bool, head: str | None) -> Pushed:
+        """Upload `files` as one commit on top of `head` (the commit `lookup` saw; None: no repo yet)."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         self.require_token()
         with hub_errors("create", repo_id):
             url = self.api.create_repo(repo_id, private=private, exist_ok=True)
-        current = self.lookup(repo_id)
-        head = current.commit if current else None
+        if head is None:  # created just now: its first commit (e.g. .gitattributes) is the parent
+            current = self.lookup(repo_id)
+            head = current.commit if current else None
         stale = sorted(set(self.listing(repo_id, head)) - set(files) - {GITATTRIBUTES}) if head else []
         operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=str(local))
                       for path, local in sorted(files.items())]
@@ -127,7 +134,9 @@ class Hub:
             commit = self.api.create_commit(repo_id, operations, commit_message=message,
                                             commit_description=description, parent_commit=head)
         self.ensure_tag(repo_id, tag, commit.oid)
-        return Pushed(repo_id, str(url), commit.oid, tag, stale)
+        hashed = {op.path_in_repo: op.upload_info.sha256.hex() for op in operations
+                  if isinstance(op, CommitOperationAdd)}
+        return Pushed(repo_id, str(url), commit.oid, tag, stale, hashed)
 
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:
         if not self._token or commit is None:
@@ -218,6 +227,9 @@ class LocalFolder:
     def default_org(self) -> str:
         return "local"
 
+    def location(self, repo_id: str) -> str:
+        return str(self._dir(repo_id))
+
     def _dir(self, repo_id: str) -> Path:
         return self.root / repo_id
 
@@ -229,7 +241,7 @@ class LocalFolder:
         return RemoteBuild(repo_id, None, block if isinstance(block, dict) else None)
 
     def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
-                private: bool) -> Pushed:
+                private: bool, head: str | None) -> Pushed:
         final = self._dir(repo_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
@@ -261,8 +273,11 @@ class LocalFolder:
 # ---------------------------------------------------------------- verification
 
 
-def verify(target: Target, repo_id: str, revision: str | None, files: dict[str, Path]) -> list[str]:
-    """Compare what the target holds with the local files: names, sizes and hashes. [] when equal."""
+def verify(target: Target, repo_id: str, revision: str | None, files: dict[str, Path],
+           known_sha256: dict[str, str] | None = None) -> list[str]:
+    """Compare what the target holds with the local files: names, sizes and hashes. [] when equal.
+    `known_sha256`: local hashes already computed (the upload hashes every file it sends)."""
+    known = known_sha256 or {}
     remote = {path: f for path, f in target.listing(repo_id, revision).items() if path != GITATTRIBUTES}
     problems = [f"missing on the target: {p}" for p in sorted(set(files) - set(remote))]
     problems += [f"not in the build but on the target: {p}" for p in sorted(set(remote) - set(files))]
@@ -270,7 +285,7 @@ def verify(target: Target, repo_id: str, revision: str | None, files: dict[str, 
         local, theirs = files[path], remote[path]
         if local.stat().st_size != theirs.size:
             problems.append(f"{path}: size {theirs.size} on the target, {local.stat().st_size} here")
-        elif theirs.sha256 is not None and theirs.sha256 != sha256_file(local):
+        elif theirs.sha256 is not None and theirs.sha256 != (known.get(path) or sha256_file(local)):
             problems.append(f"{path}: sha256 differs")
         elif theirs.sha256 is None and theirs.git_sha1 is not None and theirs.git_sha1 != git_blob_sha1(local):
             problems.append(f"{path}: git blob hash differs")

@@ -90,19 +90,20 @@ def push(build: Build, target: Target, repo: str, dry_run: bool = False, force: 
     if dry_run:
         log(describe_upload(target, repo, files, current, fingerprint, tag, build.recipe.publish.private))
         return PushResult(repo, fingerprint, skipped=held == fingerprint and not force, dry_run=True,
-                          location=target.description, files=files)
+                          location=target.location(repo), files=files)
     if held == fingerprint and not force:
         target.ensure_tag(repo, tag, current.commit)  # a run cut off after its commit left no tag
         log(f"  skipped: {target.description} already holds {repo} at fingerprint {fingerprint}")
-        return PushResult(repo, fingerprint, skipped=True, dry_run=False, location=target.description,
+        return PushResult(repo, fingerprint, skipped=True, dry_run=False, location=target.location(repo),
                           commit=current.commit)
 
     started = time.time()
     message = f"factory: {build.recipe.name} build of {build.entry.id} (fingerprint {fingerprint})"
     description = (f"Recipe: {build.recipe.name}\nBase model: {build.entry.id}\nBuild fingerprint: {fingerprint}\n"
                    f"Reproduce: factory publish {build.recipe.source_path or build.recipe.name} --model {build.entry.id}")
-    pushed = target.publish(repo, files, message, description, tag, build.recipe.publish.private)
-    problems = verify(target, repo, pushed.commit, files)
+    pushed = target.publish(repo, files, message, description, tag, build.recipe.publish.private,
+                            head=current.commit if current else None)
+    problems = verify(target, repo, pushed.commit, files, pushed.sha256)
     if problems:
         raise FactoryError(f"{repo}: the published files do not match the build: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
