@@ -62,56 +62,69 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, help="examples per task (default: all)")
     p.add_argument("--json", type=Path)
+    p.add_argument("--part", choices=("overhead", "cache", "both"), default="both", help="which measurement to run")
     args = p.parse_args(argv)
     env = bench_env()
     work = Path(tempfile.mkdtemp(prefix="factory-bench-eval-"))
     figures: dict = {"limit": args.limit, "load_start": os.getloadavg()[0]}
     try:
-        # 1. overhead: quantize (untimed), warm the base cache (untimed), then time both sides.
-        demo = recipe(work, "overhead-gptq-4bit", "gptq", 4, args.limit, perplexity=False)
-        for cmd in ("quantize", "evaluate"):
-            run_child(f"prepare {cmd}", [*FACTORY, cmd, str(demo), "--workdir", str(work)], work / f"prep-{cmd}.log", env)
-        build = work / "builds" / "overhead-gptq-4bit" / SLUG
-        shutil.rmtree(build / "eval")  # so the timed run measures the quantized model again
-        model = build / "model"
-        factory = run_child("factory", [*FACTORY, "evaluate", str(demo), "--workdir", str(work)], work / "f.log", env)
-        plain = run_child("plain", [sys.executable, "-c", PLAIN, str(REPO / "factory/evaluate/tasks"), str(model),
-                                    str(args.limit or "none")], work / "p.log", env)
-        r = ratio(factory.wall_s, plain.wall_s)
-        figures["overhead"] = {"factory_s": factory.wall_s, "plain_lm_eval_s": plain.wall_s, "ratio": r,
-                               "target": TIME_TARGET, "verdict": verdict(r, TIME_TARGET)}
-
-        # 2. base cache over three recipes of one model.
-        recipes = [recipe(work, f"cache-{m}-{b}bit", m, b, args.limit, perplexity=True)
-                   for m, b in (("gptq", 4), ("rtn", 4), ("rtn", 3))]
-        for path in recipes:
-            run_child("prepare", [*FACTORY, "quantize", str(path), "--workdir", str(work)], work / "q.log", env)
-        timings = {"with_cache": 0.0, "without_cache": 0.0}
-        for mode in ("without_cache", "with_cache"):
-            shutil.rmtree(work / "base-evals", ignore_errors=True)
-            for path in recipes:
-                if mode == "without_cache":
-                    shutil.rmtree(work / "base-evals", ignore_errors=True)
-                shutil.rmtree(work / "builds" / path.stem / SLUG / "eval", ignore_errors=True)
-                timings[mode] += run_child(mode, [*FACTORY, "evaluate", str(path), "--workdir", str(work)],
-                                           work / f"{mode}.log", env).wall_s
-        figures["base_cache"] = {**{k: round(v, 1) for k, v in timings.items()},
-                                 "saved_s": round(timings["without_cache"] - timings["with_cache"], 1)}
+        if args.part in ("overhead", "both"):
+            figures["overhead"] = measure_overhead(work, args.limit, env)
+        if args.part in ("cache", "both"):
+            figures["base_cache"] = measure_base_cache(work, args.limit, env)
     finally:
         figures["load_end"] = os.getloadavg()[0]
         shutil.rmtree(work, ignore_errors=True)
 
-    o, c = figures["overhead"], figures["base_cache"]
-    print(table([("", "factory", "plain lm-eval", "factory/plain", "target", ""),
-                 ("evaluate s", fmt(o["factory_s"]), fmt(o["plain_lm_eval_s"]), fmt(o["ratio"], ".3f"),
-                  f"<= {TIME_TARGET:.2f}", o["verdict"])]))
-    print(table([("three recipes, one model", "seconds"), ("without base cache", fmt(c["without_cache"])),
-                 ("with base cache", fmt(c["with_cache"])), ("saved", fmt(c["saved_s"]))]))
+    if "overhead" in figures:
+        o = figures["overhead"]
+        print(table([("", "factory", "plain lm-eval", "factory/plain", "target", ""),
+                     ("evaluate s", fmt(o["factory_s"]), fmt(o["plain_lm_eval_s"]), fmt(o["ratio"], ".3f"),
+                      f"<= {TIME_TARGET:.2f}", o["verdict"])]))
+    if "base_cache" in figures:
+        c = figures["base_cache"]
+        print(table([("three recipes, one model", "seconds"), ("without base cache", fmt(c["without_cache"])),
+                     ("with base cache", fmt(c["with_cache"])), ("saved", fmt(c["saved_s"]))]))
     print(f"limit per task: {args.limit or 'all'}; 1-min load average start/end: "
           f"{figures['load_start']:.2f} / {figures['load_end']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+def measure_overhead(work: Path, limit: int | None, env: dict) -> dict:
+    """Quantize (untimed), warm the base cache (untimed), then time both sides on the same checkpoint."""
+    demo = recipe(work, "overhead-gptq-4bit", "gptq", 4, limit, perplexity=False)
+    for cmd in ("quantize", "evaluate"):
+        run_child(f"prepare {cmd}", [*FACTORY, cmd, str(demo), "--workdir", str(work)], work / f"prep-{cmd}.log", env)
+    build = work / "builds" / "overhead-gptq-4bit" / SLUG
+    shutil.rmtree(build / "eval")  # so the timed run measures the quantized model again
+    model = build / "model"
+    factory = run_child("factory", [*FACTORY, "evaluate", str(demo), "--workdir", str(work)], work / "f.log", env)
+    plain = run_child("plain", [sys.executable, "-c", PLAIN, str(REPO / "factory/evaluate/tasks"), str(model),
+                                str(limit or "none")], work / "p.log", env)
+    r = ratio(factory.wall_s, plain.wall_s)
+    return {"factory_s": factory.wall_s, "plain_lm_eval_s": plain.wall_s, "ratio": r,
+            "target": TIME_TARGET, "verdict": verdict(r, TIME_TARGET)}
+
+
+def measure_base_cache(work: Path, limit: int | None, env: dict) -> dict:
+    """`factory evaluate` of three recipes for one model, with the base cache and with it emptied each time."""
+    recipes = [recipe(work, f"cache-{m}-{b}bit", m, b, limit, perplexity=True)
+               for m, b in (("gptq", 4), ("rtn", 4), ("rtn", 3))]
+    for path in recipes:
+        run_child("prepare", [*FACTORY, "quantize", str(path), "--workdir", str(work)], work / "q.log", env)
+    timings = {"with_cache": 0.0, "without_cache": 0.0}
+    for mode in ("without_cache", "with_cache"):
+        shutil.rmtree(work / "base-evals", ignore_errors=True)
+        for path in recipes:
+            if mode == "without_cache":
+                shutil.rmtree(work / "base-evals", ignore_errors=True)
+            shutil.rmtree(work / "builds" / path.stem / SLUG / "eval", ignore_errors=True)
+            timings[mode] += run_child(mode, [*FACTORY, "evaluate", str(path), "--workdir", str(work)],
+                                       work / f"{mode}.log", env).wall_s
+    return {**{k: round(v, 1) for k, v in timings.items()},
+            "saved_s": round(timings["without_cache"] - timings["with_cache"], 1)}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -21,11 +23,30 @@ def bundled_task_config(name: str) -> dict:
     return config
 
 
-def check_tasks(tasks: tuple[str, ...]) -> None:
-    """Unknown task names fail before any model loads."""
+@functools.cache
+def _task_index():
+    """lm-eval's TaskManager indexes its ~15,000 task files when built (6 s on 2 cores): once per process."""
     from lm_eval.tasks import TaskManager
 
-    known = set(TaskManager().all_tasks)
+    return TaskManager()
+
+
+def task_manager(metadata: dict):
+    """The indexed TaskManager with `metadata` for the tasks it builds, as simple_evaluate would make it
+    (it passes the model args). In lm-eval 0.4.13 only the TaskFactory carries metadata; the index is shared."""
+    from lm_eval.tasks._factory import TaskFactory
+
+    manager = copy.copy(_task_index())
+    manager.metadata = metadata
+    manager._factory = TaskFactory(meta=metadata)
+    return manager
+
+
+def check_tasks(tasks: tuple[str, ...]) -> None:
+    """Unknown task names fail before any model loads."""
+    if all(t in BUNDLED_TASKS for t in tasks):
+        return
+    known = set(_task_index().all_tasks)
     unknown = [t for t in tasks if t not in BUNDLED_TASKS and t not in known]
     if unknown:
         raise UserError(f"evaluation.tasks: unknown lm-eval task {unknown[0]!r}")
@@ -42,7 +63,8 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
         model, args = "hf", {"pretrained": str(model_path), "dtype": "auto"}
     try:
         results = lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=tasks, num_fewshot=plan.num_fewshot,
+            model=model, model_args=args, tasks=tasks, task_manager=task_manager(dict(args)),
+            num_fewshot=plan.num_fewshot,
             batch_size=plan.batch_size, device=device, limit=plan.limit, log_samples=False,
             random_seed=plan.seed, numpy_random_seed=plan.seed, torch_random_seed=plan.seed,
             fewshot_random_seed=plan.seed, bootstrap_iters=1000,

@@ -7,6 +7,7 @@ torchvision, whose PyPI build does not load beside the CPU build of torch and wh
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ def bundled_tasks_dir() -> Path:
     return target
 
 
+@functools.cache  # building it scans every task folder: once per process
 def _task_manager():
     try:
         from lmms_eval.tasks import TaskManager
