@@ -35,7 +35,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 
-from measure import Run, alternating, bench_env, fmt, median, ratio, run_child, same_weights, table, verdict
+from measure import finish, Run, alternating, bench_env, fmt, median, ratio, run_child, same_weights, table, verdict
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -248,12 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
 
     figures = summarize(a, runs, same, torch.cuda.get_device_name() if cuda else "cpu")
-    print()
-    print(report(figures))
-    if a.json:
-        a.json.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"\nwrote {a.json}")
-    return 0
+    return finish(report(figures), figures, a.json)
 
 
 METRICS = ("wall_s", "in_process_s", "peak_gpu_mb", "peak_rss_mb")

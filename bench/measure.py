@@ -99,3 +99,13 @@ def table(rows: list[tuple[str, ...]]) -> str:
 
 def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def finish(report_text: str, figures: dict, json_path: Path | None) -> int:
+    """Print the side-by-side report, and write the figures as JSON when asked."""
+    print()
+    print(report_text)
+    if json_path:
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"\nwrote {json_path}")
+    return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 
-from measure import Run, alternating, bench_env, fmt, median, ratio, run_child, same_weights, table, verdict
+from measure import finish, Run, alternating, bench_env, fmt, median, ratio, run_child, same_weights, table, verdict
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "demo-smollm2-gptq-4bit.yaml"
@@ -92,12 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
 
     figures = summarize(runs, args.repeats, same, (load_before, os.getloadavg()[0]))
-    print()
-    print(report(figures))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0
+    return finish(report(figures), figures, args.json)
 
 
 def summarize(runs: list[Run], repeats: int, same: bool, load: tuple[float, float]) -> dict:
