@@ -89,12 +89,13 @@ def card(build: Build, repo_id: str) -> StageResult:
     return run_stage(build, "card", build.dir / "card", work, fingerprint=fingerprint)
 
 
-def publish_fingerprint(build: Build) -> str:
+def publish_fingerprint(build: Build, evaluation: str | None = None) -> str:
     """What a published copy is compared by: the build and the evaluation that scored it.
     Computed from the recipe alone, so `factory plan` needs no build on disk."""
     from factory.evaluate import evaluation_fingerprint
 
-    return hashlib.sha256(f"{build.fingerprint()}:{evaluation_fingerprint(build)}".encode()).hexdigest()[:16]
+    evaluation = evaluation or evaluation_fingerprint(build)
+    return hashlib.sha256(f"{build.fingerprint()}:{evaluation}".encode()).hexdigest()[:16]
 
 
 def factory_metadata(build: Build) -> dict:
@@ -102,10 +103,11 @@ def factory_metadata(build: Build) -> dict:
     from factory.evaluate import evaluation_fingerprint
 
     inputs = build.fingerprint_inputs
+    evaluation = evaluation_fingerprint(build)
     return {
-        "fingerprint": publish_fingerprint(build),
+        "fingerprint": publish_fingerprint(build, evaluation),
         "build_fingerprint": build.fingerprint(),
-        "evaluation_fingerprint": evaluation_fingerprint(build),
+        "evaluation_fingerprint": evaluation,
         "recipe": build.recipe.name,
         "settings_digest": _digest(inputs["settings"]),
         "calibration_digest": inputs["calibration_data"],

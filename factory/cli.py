@@ -298,23 +298,22 @@ def _append_summary(path: str | None, build, pushed, scores: dict | None = None)
     lines = [f"### {build.recipe.name} / {build.entry.id}", "",
              f"{state}: `{pushed.repo_id}` ({pushed.location}), fingerprint `{pushed.fingerprint}`", ""]
     if scores:
+        from factory.card import score_rows
+
         lines += ["| task | metric | base | quantized | recovery |", "| --- | --- | ---: | ---: | ---: |"]
-        for task, metrics in sorted(scores["tasks"].items()):
-            for metric, row in metrics.items():
-                if row["primary"]:
-                    lines.append(f"| {task} | {metric} | {_num(row['base'])} | {_num(row['quantized'])} | "
-                                 f"{_num(row['recovery'], '{:.3f}')} |")
+        lines += [f"| {r['task']} | {r['metric']} | {_num(r['base'])} | {_num(r['quantized'])} | "
+                  f"{_num(r['recovery'], '{:.3f}')} |" for r in score_rows(scores)]
         lines += ["", f"mean recovery: {_num(scores.get('mean_recovery'), '{:.3f}')}", ""]
     with open(path, "a", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
 
 
 def score_table(scores: dict) -> str:
+    from factory.card import score_rows
+
     rows = [("task", "metric", "base", "quantized", "recovery")]
-    for task, metrics in sorted(scores["tasks"].items()):
-        for metric, row in metrics.items():
-            if row["primary"]:
-                rows.append((task, metric, _num(row["base"]), _num(row["quantized"]), _num(row["recovery"], "{:.3f}")))
+    rows += [(r["task"], r["metric"], _num(r["base"]), _num(r["quantized"]), _num(r["recovery"], "{:.3f}"))
+             for r in score_rows(scores)]
     mean = scores.get("mean_recovery")
     note = " (smoke evaluation: bundled sets, not benchmark figures)" if scores.get("smoke") else ""
     return _table(rows) + f"\nmean recovery: {_num(mean, '{:.3f}')}{note}"
