@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from factory.calibration import calibration_digest
+from factory.errors import first_line
 from factory.models import slug, source_revision
 from factory.recipe import ModelEntry, Recipe, Settings, settings_json
 
@@ -192,5 +193,4 @@ def _iso(t: float) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    return f"{type(exc).__name__}: {first_line(exc)}".strip()

@@ -57,7 +57,8 @@ def card(build: Build, repo_id: str) -> StageResult:
     if not build.stage_done("quantize", build.model_dir):
         raise UserError(f"{build.recipe.name} / {build.entry.id}: not quantized yet "
                         f"(run: factory quantize {_recipe_arg(build)} --model {build.entry.id})")
-    if build.manifest().get("stages", {}).get("evaluate", {}).get("status") != "done" or not evaluated.is_dir():
+    manifest = build.manifest()
+    if manifest.get("stages", {}).get("evaluate", {}).get("status") != "done" or not evaluated.is_dir():
         raise UserError(f"{build.recipe.name} / {build.entry.id}: not evaluated yet; a card needs scores "
                         f"(run: factory evaluate {_recipe_arg(build)} --model {build.entry.id})")
     siblings = find_siblings(build)
@@ -66,8 +67,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         raise UserError(f"model card template missing: {template}")
     inputs = {
         "build": build.fingerprint(),
-        "evaluation": build.manifest()["stages"]["evaluate"]["fingerprint"],
-        "gates": build.manifest().get("gates"),
+        "evaluation": manifest["stages"]["evaluate"]["fingerprint"],
+        "gates": manifest.get("gates"),
         "repo_id": repo_id,
         "siblings": [s.__dict__ for s in siblings],
         "template": hashlib.sha256(template.read_bytes()).hexdigest(),

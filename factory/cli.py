@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from factory.errors import FactoryError, RecipeInvalid
+from factory.errors import FactoryError, RecipeInvalid, first_line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # an internal failure: one line here, the traceback in the manifest
         if args.debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"error: {type(exc).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
 
 
@@ -278,10 +277,10 @@ def cmd_rebuild(args) -> int:
             outcomes.append((row, "published" if not done.pushed.skipped else "already there", ""))
         except FactoryError as exc:  # one failing build does not stop the others
             print(f"  failed: {exc}", file=sys.stderr)
-            outcomes.append((row, "failed", str(exc).splitlines()[0]))
+            outcomes.append((row, "failed", first_line(exc)))
         except Exception as exc:
             print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            outcomes.append((row, "failed", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"))
+            outcomes.append((row, "failed", f"{type(exc).__name__}: {first_line(exc)}"))
     rows_out = [("recipe", "model", "result", "")] + [(r.recipe_name, r.model, result, why[:100]) for r, result, why in outcomes]
     print("\n" + (_table(rows_out) if outcomes else "nothing to rebuild: every build is fresh"))
     failed = sum(result == "failed" for _, result, _ in outcomes)

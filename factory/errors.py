@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first line of an error's text: one-line messages never carry a traceback or a server page."""
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 class FactoryError(Exception):
     """A failure the user should read as one line; `exit_code` is what the CLI returns."""
 

@@ -20,7 +20,7 @@ from typing import Iterator, Protocol
 
 import yaml
 
-from factory.errors import FactoryError, HubUnreachable, UserError
+from factory.errors import FactoryError, HubUnreachable, UserError, first_line
 
 GITATTRIBUTES = ".gitattributes"  # the Hub adds it to every repo; not part of a build
 
@@ -211,7 +211,7 @@ def _one_line_error(exc: BaseException | None, action: str, where: str) -> Excep
 
 def _server_message(exc) -> str:
     message = getattr(exc, "server_message", None) or str(exc)
-    return (message.strip().splitlines() or [""])[0][:200]
+    return first_line(message)[:200]
 
 
 # ---------------------------------------------------------------- a local folder
@@ -251,7 +251,8 @@ class LocalFolder:
                 (partial / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(local, partial / path)
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            deleted = sorted(set(self.listing(repo_id, None)) - set(files)) if final.is_dir() else []
+            held = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()} if final.is_dir() else set()
+            deleted = sorted(held - set(files))  # names only: listing() would hash every old file
             if final.is_dir():
                 os.replace(final, old)
             os.replace(partial, final)

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.errors import HubUnreachable, UserError
+from factory.errors import HubUnreachable, UserError, first_line
 from factory.recipe import ModelEntry
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -134,11 +134,7 @@ def resolve_hub_revision(model_id: str, revision: str) -> str:
         if cached.is_file():
             return cached.read_text().strip()
         raise HubUnreachable(f"model {model_id}: could not resolve revision {revision!r} "
-                             f"({type(exc).__name__}: {_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:200]
+                             f"({type(exc).__name__}: {first_line(exc)[:200]})") from None
 
 
 def _hub_snapshot(entry: ModelEntry, commit: str) -> Path:

@@ -411,9 +411,7 @@ def hub_repo_id_problem(name: str) -> str | None:
         validate_repo_id(name)
     except HFValidationError as exc:
         reason = str(exc).splitlines()[0].split(": '")[0].rstrip(".")
-        return f"{name!r} is not a valid Hub repo id: {reason}"
-    if len(name.split("/")[1]) > 96:
-        return f"{name!r}: the Hub limits repo names to 96 characters"
+        return f"{name!r} is not a valid Hub repo id: {reason}"  # its pattern also caps names at 96 characters
     return None
 
 

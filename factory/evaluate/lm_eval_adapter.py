@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from factory.errors import UserError
+from factory.errors import UserError, first_line
 from factory.evaluate.plan import BUNDLED_TASKS, TASKS_DIR, EvalPlan
 
 RAW_FILE = "lm_eval_results.json"
@@ -77,7 +77,7 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
 
 def dataset_unavailable(exc: Exception) -> UserError:
     """The harnesses raise connection/OS errors when a task's dataset cannot be fetched."""
-    first = (str(exc).splitlines() or [""])[0][:160]
+    first = first_line(exc)[:160]
     return UserError(f"evaluation: a task's dataset is not available ({type(exc).__name__}: {first}); "
                      "offline, use suite: smoke")
 

@@ -24,23 +24,18 @@ C4_WINDOWS = 256
 def perplexity(model, token_ids, seq_len: int = 2048) -> float:
     import torch  # here, not at import: `factory plan` imports this package and must stay fast
 
-    with torch.no_grad():
-        return _perplexity(model, torch.as_tensor(token_ids, dtype=torch.long).flatten(), seq_len)
-
-
-def _perplexity(model, ids, seq_len: int) -> float:
-    import torch
-
+    ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     windows = ids.numel() // seq_len
     if windows == 0:
         raise ValueError(f"perplexity needs at least {seq_len} tokens, got {ids.numel()}")
     device = next(model.parameters()).device
     total = 0.0
-    for i in range(windows):
-        batch = ids[i * seq_len:(i + 1) * seq_len].to(device).unsqueeze(0)
-        logits = model(input_ids=batch).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits[0, :-1], batch[0, 1:])
-        total += loss.item() * seq_len
+    with torch.no_grad():
+        for i in range(windows):
+            batch = ids[i * seq_len:(i + 1) * seq_len].to(device).unsqueeze(0)
+            logits = model(input_ids=batch).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], batch[0, 1:])
+            total += loss.item() * seq_len
     return math.exp(total / (windows * seq_len))
 
 
