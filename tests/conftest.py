@@ -22,6 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "factory" / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Import and lock checks first: a broken environment fails in seconds, not after a model run."""
+    first = ("test_imports.py", "test_locks.py")
+    items.sort(key=lambda item: 0 if item.path.name in first else 1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def factory_cache(tmp_path_factory) -> Path:
     """One converted SmolLM2 per test session, unless the caller shares a cache."""
