@@ -102,10 +102,19 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
 
 
 def finish(report_text: str, figures: dict, json_path: Path | None) -> int:
-    """Print the side-by-side report, and write the figures as JSON when asked."""
+    """Print the side-by-side report, write the figures as JSON when asked; exit status 1 on any MISS."""
     print()
     print(report_text)
     if json_path:
         json_path.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"\nwrote {json_path}")
-    return 0
+    return missed(figures)
+
+
+def missed(figures) -> int:
+    """1 if any verdict in the figures (nested anywhere) is MISS, else 0: a missed target fails the run."""
+    if isinstance(figures, dict):
+        return max((missed(v) for v in figures.values()), default=0)
+    if isinstance(figures, (list, tuple)):
+        return max((missed(v) for v in figures), default=0)
+    return 1 if figures == "MISS" else 0

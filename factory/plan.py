@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from factory.build import Build
-from factory.card import factory_metadata
 from factory.errors import UserError
+from factory.fingerprint import factory_metadata
 from factory.hub import RemoteBuild, Target
 from factory.push import resolve_repo_id
 from factory.recipe import load_recipe

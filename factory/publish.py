@@ -27,7 +27,7 @@ def publish(build: Build, target: Target, org: str | None = None, dry_run: bool 
         target.require_token()
     quantized = quantize(build)
     log("  quantize: " + ("reused the finished build" if quantized.skipped
-                          else f"done in {quantized.record['wall_time_s']:.1f} s"))
+                          else f"done in {quantized.record.wall_time_s:.1f} s"))
     evaluated = evaluate(build, log=log)
     log("  evaluate: " + ("reused the finished evaluation" if evaluated.stage.skipped else "done")
         + (f", mean recovery {evaluated.scores['mean_recovery']:.3f}" if evaluated.scores.get("mean_recovery") is not None else ""))

@@ -1,6 +1,6 @@
 """The push stage: a build's model/, eval/ and card/ -> one repo on a target (the Hub or a folder).
 
-What is uploaded: the checkpoint (model/), the card (README.md and its plots) at the top, and
+What is uploaded: the build's artifact (a checkpoint, or an adapter), the card (README.md and its plots) at the top, and
 the evaluation records under evaluation/. Skipped when the target already holds this build's
 fingerprint; verified file by file afterwards. The receipt goes into the manifest.
 """
@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.build import Build
-from factory.card import CARD_FILE, publish_fingerprint
 from factory.errors import FactoryError, UserError
+from factory.fingerprint import publish_fingerprint
 from factory.hub import RemoteBuild, Target, verify
+from factory.manifest import StageRecord
 from factory.recipe import hub_repo_id_problem, repo_id
 
 EVAL_FILES = ("scores.json", "metrics.json", "perplexity.json", "lm_eval_results.json", "lmms_eval_results.json")
@@ -45,31 +46,24 @@ def resolve_repo_id(build: Build, target: Target, org: str | None) -> str:
 
 def upload_files(build: Build) -> dict[str, Path]:
     """path in the repo -> local file, exactly what an upload sends."""
-    files = {str(p.relative_to(build.model_dir)): p for p in sorted(build.model_dir.rglob("*")) if p.is_file()}
-    card_dir = build.dir / "card"
-    for p in sorted(card_dir.iterdir()):
+    files = build.artifact().upload_files()
+    for p in sorted(build.stage_dir("card").iterdir()):
         if p.is_file():
             files[p.name] = p  # README.md and the plots it links, at the top of the repo
     for name in EVAL_FILES:
-        if (build.dir / "eval" / name).is_file():
-            files[f"evaluation/{name}"] = build.dir / "eval" / name
+        if (build.stage_dir("evaluate") / name).is_file():
+            files[f"evaluation/{name}"] = build.stage_dir("evaluate") / name
     return files
 
 
 def check_publishable(build: Build, force: bool) -> None:
-    manifest = build.manifest()
-    stages = manifest.get("stages", {})
-    recipe_arg = build.recipe.source_path or build.recipe.name
-    if stages.get("evaluate", {}).get("status") != "done":
-        raise UserError(f"{build.recipe.name} / {build.entry.id}: not evaluated; nothing is published without "
-                        f"scores (run: factory evaluate {recipe_arg} --model {build.entry.id})")
-    if stages.get("card", {}).get("status") != "done" or not (build.dir / "card" / CARD_FILE).is_file():
-        raise UserError(f"{build.recipe.name} / {build.entry.id}: no model card yet "
-                        f"(run: factory card {recipe_arg} --model {build.entry.id})")
-    gates = manifest.get("gates") or {}
-    if gates.get("passed") is False and not force:
-        raise GatesFailed(f"{build.recipe.name} / {build.entry.id}: not published: it failed its quality gates "
-                          f"({'; '.join(gates.get('failures', []))}); pass --force to publish it anyway")
+    build.require("artifact")
+    build.require("evaluate", why="nothing is published without scores")
+    build.require("card")
+    gates = build.manifest().gates
+    if gates is not None and not gates.passed and not force:
+        raise GatesFailed(f"{build.label}: not published: it failed its quality gates "
+                          f"({'; '.join(gates.failures)}); pass --force to publish it anyway")
 
 
 def push(build: Build, target: Target, repo: str, dry_run: bool = False, force: bool = False,
@@ -107,12 +101,11 @@ def push(build: Build, target: Target, repo: str, dry_run: bool = False, force: 
     if problems:
         raise FactoryError(f"{repo}: the published files do not match the build: {problems[0]}"
                            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    build._update_stage("push", {
-        "status": "done", "fingerprint": build.fingerprint(), "publish_fingerprint": fingerprint,
-        "target": target.description, "repo_id": repo, "url": pushed.url, "commit": pushed.commit, "tag": pushed.tag,
-        "files": len(files), "bytes": sum(p.stat().st_size for p in files.values()), "deleted": pushed.deleted,
-        "verified": True, "wall_time_s": round(time.time() - started, 2),
-    }, build.fingerprint())
+    build.update_stage("push", StageRecord(
+        status="done", fingerprint=build.fingerprint(), publish_fingerprint=fingerprint,
+        target=target.description, repo_id=repo, url=pushed.url, commit=pushed.commit, tag=pushed.tag,
+        files=len(files), bytes=sum(p.stat().st_size for p in files.values()), deleted=pushed.deleted,
+        verified=True, wall_time_s=round(time.time() - started, 2)))
     log(f"  pushed {len(files)} files to {pushed.url}" + (f" (commit {pushed.commit[:12]}, tag {tag})" if pushed.commit else "")
         + "; verified names, sizes and hashes")
     return PushResult(repo, fingerprint, skipped=False, dry_run=False, location=pushed.url, commit=pushed.commit,

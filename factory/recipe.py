@@ -5,23 +5,28 @@ A recipe names one quantization method and bit width and the models it applies t
 checks the combinations pydantic cannot see (nf4 with 3 bits, AWQ with quantized
 activations, a group size that does not divide a layer's input size, ...). Every problem is
 reported as `file:line: field: message`.
+
+What a method accepts is the method's own business (factory/methods/): its bit widths and
+checks, and its options block, named after it (`gptq: {dampening_frac: 0.01}`), which the
+recipe model takes from the registry.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from factory.errors import RecipeInvalid, UserError
+from factory.methods.base import PER_CHANNEL
+from factory.methods.registry import get_method, method_names, registry_version
+from factory.safe_yaml import YamlRejected, load_yaml_document, read_recipe_text
 
-Method = Literal["rtn", "gptq", "awq", "smoothquant", "nf4", "int8"]
 ModelKind = Literal["causal-lm", "llava-next"]
-PER_CHANNEL = "per-channel"
 
 
 def _group_size(value: Any) -> Any:
@@ -33,22 +38,6 @@ def _group_size(value: Any) -> Any:
 
 GroupSize = Annotated[int | Literal["per-channel"], BeforeValidator(_group_size)]
 
-# Methods that need calibration data; the others are data-free, so calibration
-# settings do not enter their fingerprint.
-CALIBRATED_METHODS = {"gptq", "awq", "smoothquant"}
-LLM_COMPRESSOR_METHODS = {"rtn", "gptq", "awq", "smoothquant"}
-BITSANDBYTES_METHODS = {"nf4", "int8"}
-
-# Per-method defaults where the recipe leaves a field out (the paper's settings:
-# group size 128; AWQ asymmetric as in its reference code; SmoothQuant per-channel).
-DEFAULT_GROUP_SIZE: dict[str, GroupSize] = {
-    "rtn": 128, "gptq": 128, "awq": 128, "smoothquant": PER_CHANNEL, "nf4": 64, "int8": PER_CHANNEL,
-}
-DEFAULT_SYMMETRIC = {"rtn": True, "gptq": True, "awq": False, "smoothquant": True}
-SUPPORTED_BITS = {
-    "rtn": {2, 3, 4, 8}, "gptq": {2, 3, 4, 8}, "awq": {2, 3, 4, 8},
-    "smoothquant": {8}, "nf4": {4}, "int8": {8},
-}
 # LLaVA-Next keeps its vision tower and projector in full precision, as in the paper.
 DEFAULT_IGNORE: dict[str, list[str]] = {
     "causal-lm": ["lm_head"],
@@ -83,14 +72,6 @@ class Calibration(Strict):
     samples: int = Field(128, gt=0, description="Number of random token windows.")
     seq_len: int = Field(2048, gt=0, description="Tokens per window.")
     seed: int = Field(2, description="Seed for drawing the windows (the paper's main.py uses 2).")
-
-
-class GPTQOptions(Strict):
-    dampening_frac: float = Field(0.01, gt=0, lt=1, description="Hessian dampening (the paper's script: 0.01).")
-
-
-class SmoothQuantOptions(Strict):
-    strength: float = Field(0.8, gt=0, lt=1, description="Migration strength alpha.")
 
 
 class Gate(Strict):
@@ -160,14 +141,14 @@ class ModelEntry(Strict):
 
 
 class Recipe(Strict):
+    """The fields every recipe has. `recipe_model()` adds one optional block per method with options."""
+
     name: Annotated[str, Field(pattern=NAME_PATTERN, description="Recipe name; also the build folder name.")]
     description: str = ""
-    method: Method
+    method: str = Field(description="The quantization method (`factory methods` lists them).")
     weights: Weights
     activations: Activations | None = None
     calibration: Calibration = Calibration()
-    gptq: GPTQOptions | None = None
-    smoothquant: SmoothQuantOptions | None = None
     ignore: list[str] | None = Field(
         None, description="Layer names or 're:' patterns kept in full precision. Default: lm_head "
         "(and the vision tower and projector for llava-next).")
@@ -178,9 +159,26 @@ class Recipe(Strict):
     # Filled by load_recipe; not part of the schema.
     _source_path: Path | None = None
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        names = method_names()
+        if value not in names:
+            quoted = [repr(n) for n in names]
+            raise ValueError(f"must be one of: {', '.join(quoted[:-1])} or {quoted[-1]}")
+        return value
+
     @property
     def source_path(self) -> Path | None:
         return self._source_path
+
+    @property
+    def method_options(self) -> BaseModel | None:
+        """The options block of the recipe's method, defaults filled in (None: the method has none)."""
+        method = get_method(self.method)
+        if method.Options is None:
+            return None
+        return getattr(self, block_field(self.method), None) or method.Options()
 
     def model(self, model_id: str | None) -> list[ModelEntry]:
         """The entries to build: all, or the one whose id is `model_id`."""
@@ -194,28 +192,29 @@ class Recipe(Strict):
 
     def effective(self, entry: ModelEntry) -> "Settings":
         """The settings that actually apply to one model, defaults and overrides resolved."""
+        method = get_method(self.method)
         o = entry.overrides
         group = o.group_size if o.group_size is not None else self.weights.group_size
         sym = o.symmetric if o.symmetric is not None else self.weights.symmetric
         ignore = o.ignore if o.ignore is not None else self.ignore
+        options = self.method_options
         return Settings(
             method=self.method,
             kind=entry.kind,
             bits=self.weights.bits,
-            group_size=group if group is not None else DEFAULT_GROUP_SIZE[self.method],
-            symmetric=sym if sym is not None else DEFAULT_SYMMETRIC.get(self.method),
+            group_size=group if group is not None else method.default_group_size,
+            symmetric=sym if sym is not None else method.default_symmetric,
             activation_bits=self.activations.bits if self.activations else None,
             ignore=list(ignore) if ignore is not None else list(DEFAULT_IGNORE[entry.kind]),
-            calibration=self.calibration if self.method in CALIBRATED_METHODS else None,
-            gptq=(self.gptq or GPTQOptions()) if self.method == "gptq" else None,
-            smoothquant=(self.smoothquant or SmoothQuantOptions()) if self.method == "smoothquant" else None,
+            calibration=self.calibration if method.needs_calibration else None,
+            options=options.model_dump(mode="json") if options is not None else None,
         )
 
 
 class Settings(Strict):
     """Effective quantization settings for one (recipe, model): what the engines and the fingerprint read."""
 
-    method: Method
+    method: str
     kind: ModelKind
     bits: int
     group_size: GroupSize
@@ -223,24 +222,40 @@ class Settings(Strict):
     activation_bits: int | None
     ignore: list[str]
     calibration: Calibration | None
-    gptq: GPTQOptions | None
-    smoothquant: SmoothQuantOptions | None
+    options: dict[str, Any] | None  # the method's options block, resolved (None: it has none)
 
     @property
     def scheme_label(self) -> str:
-        """E.g. W4A16-g128, W8A8, NF4."""
-        if self.method in BITSANDBYTES_METHODS:
-            return self.method.upper()
-        act = self.activation_bits or 16
-        group = "" if self.group_size == PER_CHANNEL else f"-g{self.group_size}"
-        return f"W{self.bits}A{act}{group}"
+        """E.g. W4A16-g128, W8A8, NF4 (the method says)."""
+        return get_method(self.method).scheme_label(self)
 
 
 # ---------------------------------------------------------------- loading and checking
 
 
+def block_field(method: str) -> str:
+    """The recipe model's field for a method's options block (`pb-llm:` -> `pb_llm`)."""
+    return method.replace("-", "_")
+
+
+def recipe_model() -> type[Recipe]:
+    """Recipe plus one optional options block per registered method that has options."""
+    return _recipe_model(registry_version())
+
+
+@functools.cache
+def _recipe_model(version: int) -> type[Recipe]:
+    blocks = {}
+    for name in method_names():
+        options = get_method(name).Options
+        if options is not None:
+            blocks[block_field(name)] = (options | None, Field(None, alias=name, description=f"Options of method {name}."))
+    return create_model("Recipe", __base__=Recipe, **blocks)
+
+
 def recipe_json_schema() -> dict[str, Any]:
-    schema = Recipe.model_json_schema()
+    schema = recipe_model().model_json_schema(by_alias=True)
+    schema["properties"]["method"]["enum"] = method_names()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "factory recipe"
     return schema
@@ -253,20 +268,12 @@ def load_recipe(path: str | Path, check_model_configs: bool = True) -> Recipe:
     if not path.is_file():
         raise RecipeInvalid([f"{shown}: no such recipe file"])
     try:
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise RecipeInvalid([f"{shown}: not a UTF-8 text file"]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeInvalid([f"{shown}{line}: invalid YAML: {problem}"]) from None
+        # Bounded and strict: no anchors/aliases, no duplicate keys, no tags, limited size and depth.
+        data, lines = load_yaml_document(read_recipe_text(path, shown), shown)
+    except YamlRejected as exc:
+        raise RecipeInvalid([str(exc)]) from None
     if not isinstance(data, dict):
         raise RecipeInvalid([f"{shown}:1: a recipe is a YAML mapping (name: ..., method: ..., models: [...])"])
-
-    lines = _line_index(node)
 
     def where(loc: tuple) -> str:
         # The deepest part of the path that exists in the file gives the line.
@@ -276,7 +283,7 @@ def load_recipe(path: str | Path, check_model_configs: bool = True) -> Recipe:
         return shown
 
     try:
-        recipe = Recipe.model_validate(data)
+        recipe = recipe_model().model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -294,35 +301,16 @@ def load_recipe(path: str | Path, check_model_configs: bool = True) -> Recipe:
 
 
 def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = True) -> list[tuple[tuple, str]]:
-    """The rules pydantic cannot express: combinations of fields, files, model shapes."""
-    out: list[tuple[tuple, str]] = []
-    m, w = recipe.method, recipe.weights
-    if w.bits not in SUPPORTED_BITS[m]:
-        bits = ", ".join(str(b) for b in sorted(SUPPORTED_BITS[m]))
-        out.append((("weights", "bits"), f"{m} supports {bits} bits, not {w.bits}"))
-    if m == "nf4" and w.group_size not in (None, 64):
-        out.append((("weights", "group_size"), "bitsandbytes NF4 uses a fixed block size of 64"))
-    if m == "int8" and w.group_size not in (None, PER_CHANNEL):
-        out.append((("weights", "group_size"), "bitsandbytes int8 is per-channel only"))
-    if m in BITSANDBYTES_METHODS and w.symmetric is not None:
-        out.append((("weights", "symmetric"), f"does not apply to {m}"))
-    if m == "smoothquant":
-        if recipe.activations is None:
-            out.append((("method",), "smoothquant quantizes activations: add `activations: {bits: 8}`"))
-        if w.group_size not in (None, PER_CHANNEL):
-            out.append((("weights", "group_size"), "smoothquant W8A8 uses per-channel weights"))
-    elif recipe.activations is not None:
-        if m in ("awq", "nf4", "int8"):
-            out.append((("activations",), f"{m} is weight-only; remove the activations block"))
-        elif w.bits != 8:
-            out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
-    if recipe.gptq is not None and m != "gptq":
-        out.append((("gptq",), f"only applies to method gptq, not {m}"))
-    if recipe.smoothquant is not None and m != "smoothquant":
-        out.append((("smoothquant",), f"only applies to method smoothquant, not {m}"))
+    """The rules pydantic cannot express: the method's own checks, combinations of fields, files, model shapes."""
+    m = recipe.method
+    method = get_method(m)
+    out: list[tuple[tuple, str]] = list(method.check(recipe))
+    for other in method_names():
+        if other != m and getattr(recipe, block_field(other), None) is not None:
+            out.append(((other,), f"only applies to method {other}, not {m}"))
 
     cal = recipe.calibration
-    if m in CALIBRATED_METHODS:
+    if method.needs_calibration:
         if cal.source == "file":
             if not cal.path:
                 out.append((("calibration", "path"), "required with source: file"))
@@ -337,12 +325,14 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
     if isinstance(ev.batch_size, int) and ev.batch_size <= 0:
         out.append((("evaluation", "batch_size"), "must be greater than 0 (or 'auto')"))
     if ev.gates is not None and ev.gates.tasks:
-        from factory.evaluate.plan import EvalPlan
+        from factory.tasks import suite
 
         measured: set[str] = set()
         for entry in recipe.models:
-            plan = EvalPlan.for_model(ev, entry.kind)
-            measured |= set(plan.tasks) | {f"{name}_ppl" for name in plan.perplexity}
+            tasks, perplexity = suite(ev.suite, entry.kind)
+            tasks = ev.tasks if ev.tasks is not None else tasks
+            perplexity = ev.perplexity if ev.perplexity is not None else perplexity
+            measured |= set(tasks) | {f"{name}_ppl" for name in perplexity}
         for task in ev.gates.tasks:
             if task not in measured:
                 out.append((("evaluation", "gates", "tasks", task),
@@ -364,10 +354,8 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         if entry.source == "hub" and not re.fullmatch(r"[\w.-]+/[\w.-]+", entry.id):
             out.append(((*here, "id"), f"{entry.id!r} is not a Hub model id (org/name)"))
         o = entry.overrides
-        if o.group_size is not None and m in BITSANDBYTES_METHODS:
-            out.append(((*here, "overrides", "group_size"), f"does not apply to {m}"))
         group = recipe.effective(entry).group_size
-        if check_model_configs and isinstance(group, int) and group > 0 and m not in BITSANDBYTES_METHODS:
+        if check_model_configs and isinstance(group, int) and group > 0 and method.checks_group_divisibility():
             from factory.models import local_text_config
             config = local_text_config(entry, base_dir)
             if config is not None:
@@ -413,33 +401,6 @@ def hub_repo_id_problem(name: str) -> str | None:
         reason = str(exc).splitlines()[0].split(": '")[0].rstrip(".")
         return f"{name!r} is not a valid Hub repo id: {reason}"  # its pattern also caps names at 96 characters
     return None
-
-
-def bitsandbytes_skip_modules(ignore: list[str]) -> list[str]:
-    """transformers matches bitsandbytes skip modules as a regex from the start of the module
-    name, or as a name suffix: `re:.*vision_tower.*` -> `.*vision_tower.*`, `lm_head` stays."""
-    return [p.removeprefix("re:") for p in ignore]
-
-
-def _line_index(node: yaml.Node | None) -> dict[tuple, int]:
-    """Map each key path, e.g. ('models', 0, 'id'), to its 1-based line in the file."""
-    lines: dict[tuple, int] = {}
-
-    def walk(n: yaml.Node, path: tuple) -> None:
-        lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                sub = (*path, key.value)
-                lines[sub] = key.start_mark.line + 1
-                walk(value, sub)
-                lines[sub] = key.start_mark.line + 1
-        elif isinstance(n, yaml.SequenceNode):
-            for i, item in enumerate(n.value):
-                walk(item, (*path, i))
-
-    if node is not None:
-        walk(node, ())
-    return lines
 
 
 def _dotted(loc: tuple) -> str:

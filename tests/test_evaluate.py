@@ -55,8 +55,8 @@ def test_evaluation_end_to_end_and_base_reuse(two_builds):
     assert scores["harness"]["name"] == "lm-eval" and scores["harness"]["backend"] == "hf"
     assert scores["harness"]["harness_version"] and scores["harness"]["limit"] == 6 and scores["smoke"] is True
     assert (first.dir / "eval" / "lm_eval_results.json").is_file()
-    assert first.manifest()["stages"]["evaluate"]["status"] == "done"
-    assert first.manifest()["gates"]["passed"] is True
+    assert first.manifest().stages["evaluate"].status == "done"
+    assert first.manifest().gates.passed is True
 
     logs.clear()
     two = evaluate(second, log=logs.append)
@@ -118,7 +118,7 @@ def test_task_whose_dataset_is_offline_is_one_line_and_not_cached(two_builds):
 def test_recovery_and_gates_arithmetic():
     base = {"mc": {"acc": 0.8}, "wiki_ppl": {"perplexity": 10.0}}
     quantized = {"mc": {"acc": 0.6}, "wiki_ppl": {"perplexity": 12.5}}
-    scores = compare(base, quantized)
+    scores = compare(base, quantized, {"mc": {"acc": True}, "wiki_ppl": {"perplexity": False}})
     assert scores["tasks"]["mc"]["acc"]["recovery"] == pytest.approx(0.75)
     assert scores["tasks"]["wiki_ppl"]["perplexity"]["recovery"] == pytest.approx(0.8)
     assert scores["mean_recovery"] == pytest.approx(0.775)

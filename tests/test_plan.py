@@ -71,7 +71,7 @@ def test_base_revision_moved_and_library_versions(hub, tiny_llama, tmp_path, mon
 
     from factory import plan as planning
     from factory.build import Build
-    from factory.card import factory_metadata
+    from factory.fingerprint import factory_metadata
     from factory.hub import Hub
     from factory.models import resolve_hub_revision
     from factory.recipe import load_recipe

@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from conftest import run_factory, write_recipe
 from factory.build import Build
 from factory.card import card
-from factory.errors import UserError
+from factory.errors import RecipeInvalid, UserError
 from factory.hub import LocalFolder, card_metadata
 from factory.publish import publish
 from factory.push import GatesFailed, push
@@ -54,7 +54,7 @@ def test_local_folder_holds_exactly_the_upload(published):
             "factory_recipe.yaml", "evaluation/scores.json", "evaluation/lm_eval_results.json"} <= files
     assert not [p for p in (work / "hub" / "tester").iterdir() if p.name.startswith(".")]  # no partial left
     manifest = done.build.manifest()
-    assert manifest["stages"]["push"]["verified"] is True and manifest["stages"]["card"]["status"] == "done"
+    assert manifest.stages["push"].verified is True and manifest.stages["card"].status == "done"
 
 
 def test_card_metadata_is_valid_for_the_hub(published):
@@ -140,7 +140,7 @@ def test_push_without_evaluation_is_one_line(tmp_path, tiny_llama):
     assert run_factory("quantize", str(recipe), "--workdir", str(tmp_path)).returncode == 0
     done = run_factory("push", str(recipe), "--workdir", str(tmp_path), "--to", str(tmp_path / "hub"))
     assert done.returncode == 2
-    assert done.stderr.strip() == (f"error: rtn-noeval / test/tiny: not evaluated; nothing is published without "
+    assert done.stderr.strip() == (f"error: rtn-noeval / test/tiny: not evaluated yet; nothing is published without "
                                    f"scores (run: factory evaluate {recipe} --model test/tiny)")
     assert not (tmp_path / "hub").exists()
 
@@ -156,7 +156,7 @@ def test_repo_name_the_hub_would_refuse_fails_validation(tmp_path, tiny_llama, t
     assert done.returncode == 2
     line = done.stderr.strip()
     assert line.startswith(f"{recipe}:") and ": publish.repo: " in line and message in line, line
-    with pytest.raises(Exception):
+    with pytest.raises(RecipeInvalid, match="publish.repo"):
         load_recipe(recipe)
 
 
@@ -185,4 +185,4 @@ def test_local_metadata_reader():
 
 
 def test_gates_failed_is_not_a_user_error():
-    assert GatesFailed("x").exit_code == 1 and push is not None
+    assert GatesFailed("x").exit_code == 1 and not isinstance(GatesFailed("x"), UserError)

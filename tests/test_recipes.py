@@ -124,3 +124,14 @@ def test_schema_command_prints_a_json_schema_that_rejects_unknown_keys(capsys):
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]["method"]["enum"]) == {"rtn", "gptq", "awq", "smoothquant", "nf4", "int8"}
     assert "models" in schema["required"]
+
+
+HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", HOSTILE, ids=[p.stem for p in HOSTILE])
+def test_hostile_recipe_is_one_line_through_validate(path, capsys):
+    """Aliases, duplicate keys, tags, odd keys: refused by `factory validate` in one line, exit 2."""
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    assert main(["validate", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"{path}{expected}"]

@@ -16,7 +16,7 @@ from conftest import REPO, run_factory, write_recipe
 KILLER = textwrap.dedent("""
     import os, signal, sys
     import factory.build as build
-    import factory.quantize.llmcompressor_engine as engine
+    from factory.methods.llmcompressor_base import LLMCompressorMethod as engine
     point = os.environ["KILL_AT"]
 
     if point == "after-engine-wrote":
@@ -26,12 +26,12 @@ KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         engine.quantize = quantize
     elif point == "after-rename":
-        real_update = build.Build._update_stage
-        def update(self, stage, record, fingerprint):
-            if record["status"] == "done":
+        real_update = build.Build.update_stage
+        def update(self, stage, record):
+            if record.status == "done":
                 os.kill(os.getpid(), signal.SIGKILL)
-            real_update(self, stage, record, fingerprint)
-        build.Build._update_stage = update
+            real_update(self, stage, record)
+        build.Build.update_stage = update
 
     from factory.cli import main
     sys.exit(main(sys.argv[1:]))
@@ -77,13 +77,13 @@ def test_failed_engine_leaves_nothing_in_place(tmp_path, tiny_llama, monkeypatch
     from factory.build import Build
     from factory.quantize import quantize
     from factory.recipe import load_recipe
-    import factory.quantize.llmcompressor_engine as engine
+    from factory.methods.llmcompressor_base import LLMCompressorMethod
 
-    def broken(base_dir, settings, out_dir, recipe_dir):
+    def broken(self, base_dir, settings, out_dir, recipe_dir):
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(engine, "quantize", broken)
+    monkeypatch.setattr(LLMCompressorMethod, "quantize", broken)
     recipe = load_recipe(write_recipe(tmp_path, f"""
         name: full-disk
         method: rtn
@@ -93,8 +93,8 @@ def test_failed_engine_leaves_nothing_in_place(tmp_path, tiny_llama, monkeypatch
     build = Build(recipe, recipe.models[0], tmp_path)
     with pytest.raises(OSError):
         quantize(build)
-    stage = build.manifest()["stages"]["quantize"]
-    assert stage["status"] == "failed" and "No space left" in stage["error"]
+    stage = build.manifest().stages["quantize"]
+    assert stage.status == "failed" and "No space left" in stage.error
     assert not build.model_dir.exists() and not list(build.dir.glob("model.partial-*"))
 
 
@@ -107,10 +107,10 @@ def test_full_disk_through_the_cli_is_one_line(tmp_path, tiny_llama):
     """)
     script = textwrap.dedent("""
         import sys
-        import factory.quantize.llmcompressor_engine as engine
+        from factory.methods.llmcompressor_base import LLMCompressorMethod
         def full(*a, **k):
             raise OSError(28, "No space left on device")
-        engine.quantize = full
+        LLMCompressorMethod.quantize = full
         from factory.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -52,15 +53,15 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
         raise UserError(f"evaluation.tasks: unknown lm-eval task {unknown[0]!r}")
 
 
-def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[str, dict[str, float]]:
-    """Evaluate `model_path`; write the harness's output to out_dir; return {task: {metric: value}}."""
+def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> "Measured":
+    """Evaluate the build's artifact; write the harness's output to out_dir; return its figures."""
     import lm_eval
 
     tasks = [bundled_task_config(t) if t in BUNDLED_TASKS else t for t in plan.tasks]
     if plan.backend == "vllm":
-        model, args = "vllm", {"pretrained": str(model_path), "dtype": "auto", "seed": plan.seed}
+        model, args = "vllm", {**artifact.harness_model_args(), "dtype": "auto", "seed": plan.seed}
     else:
-        model, args = "hf", {"pretrained": str(model_path), "dtype": "auto"}
+        model, args = "hf", {**artifact.harness_model_args(), "dtype": "auto"}
     try:
         results = lm_eval.simple_evaluate(
             model=model, model_args=args, tasks=tasks, task_manager=task_manager(dict(args)),
@@ -72,7 +73,27 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
     except (ConnectionError, OSError) as exc:
         raise dataset_unavailable(exc) from None
     (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
-    return flatten(results)
+    return Measured(flatten(results), directions(results), str(results.get("config", {}).get("model_dtype") or "auto"))
+
+
+@dataclass
+class Measured:
+    """What one harness run gives: {task: {metric: value}}, each metric's direction as the harness
+    declares it, and the dtype the harness loaded the model in."""
+
+    metrics: dict[str, dict[str, float]]
+    higher_is_better: dict[str, dict[str, bool]]
+    dtype: str
+
+
+def directions(results: dict) -> dict[str, dict[str, bool]]:
+    """The harness's own `higher_is_better` per task and metric (filters stripped, as in flatten)."""
+    out: dict[str, dict[str, bool]] = {}
+    for task, metrics in (results.get("higher_is_better") or {}).items():
+        for key, higher in (metrics or {}).items():
+            if isinstance(higher, bool):
+                out.setdefault(task, {})[key.partition(",")[0]] = higher
+    return out
 
 
 def dataset_unavailable(exc: Exception) -> UserError:

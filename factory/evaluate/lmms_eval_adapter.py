@@ -10,13 +10,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
+from factory.atomic import atomic_dir
 from factory.errors import UserError
-from factory.evaluate.lm_eval_adapter import dataset_unavailable, flatten
+from factory.evaluate.lm_eval_adapter import Measured, dataset_unavailable, directions, flatten
 from factory.evaluate.plan import TASKS_DIR, EvalPlan
 from factory.models import cache_root
 
@@ -31,14 +31,11 @@ def bundled_tasks_dir() -> Path:
     target = cache_root() / "lmms-tasks" / digest.hexdigest()[:16]
     if target.is_dir():
         return target
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(LMMS_TASKS, partial, ignore=shutil.ignore_patterns("__pycache__"))
-    for task_yaml in partial.glob("*.yaml"):  # text, not YAML: the files hold `!function` tags
-        text = re.sub(r"(\s)(\S+\.jsonl)", lambda m: f"{m[1]}{target / m[2]}", task_yaml.read_text())
-        task_yaml.write_text(text)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
+    with atomic_dir(target) as partial:
+        shutil.copytree(LMMS_TASKS, partial, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+        for task_yaml in partial.glob("*.yaml"):  # text, not YAML: the files hold `!function` tags
+            text = re.sub(r"(\s)(\S+\.jsonl)", lambda m: f"{m[1]}{target / m[2]}", task_yaml.read_text())
+            task_yaml.write_text(text)
     return target
 
 
@@ -58,9 +55,12 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
         raise UserError(f"evaluation.tasks: unknown lmms-eval task {unknown[0]!r}")
 
 
-def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[str, dict[str, float]]:
+def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> Measured:
     from lmms_eval.evaluator import simple_evaluate
 
+    if artifact.kind != "checkpoint":
+        raise UserError("evaluation: lmms-eval's llava_hf model loads whole checkpoints, not adapters")
+    model_path = artifact.path
     processor_config = model_path / "processor_config.json"
     has_chat_template = (model_path / "chat_template.jinja").is_file() or (
         processor_config.is_file() and "chat_template" in json.loads(processor_config.read_text()))
@@ -80,5 +80,5 @@ def run(plan: EvalPlan, model_path: Path, out_dir: Path, device: str) -> dict[st
     except (ConnectionError, OSError) as exc:
         raise dataset_unavailable(exc) from None
     (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
-    return flatten(results)
+    return Measured(flatten(results), directions(results), str(results.get("config", {}).get("model_dtype") or "auto"))
 

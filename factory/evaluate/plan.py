@@ -7,21 +7,16 @@ import importlib.metadata
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from factory.recipe import Evaluation
+from factory.tasks import bundled_tasks, suite
+
+if TYPE_CHECKING:
+    from factory.recipe import Evaluation
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 
-# The paper's suites (Huang et al. 2024): zero-shot commonsense QA + MMLU and three perplexity
-# sets for LLaMA-3; the multimodal QA benchmarks for LLaVA-Next. `smoke` runs offline.
-SUITES = {
-    ("paper", "causal-lm"): (["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu"],
-                             ["wikitext2", "c4", "ptb"]),
-    ("paper", "llava-next"): (["ai2d", "chartqa", "docvqa_val", "mme", "mmbench_en_dev"], []),
-    ("smoke", "causal-lm"): (["factory_smoke_mc", "factory_smoke_ppl"], ["demo"]),
-    ("smoke", "llava-next"): (["factory_smoke_images"], ["demo"]),
-}
-BUNDLED_TASKS = {"factory_smoke_mc", "factory_smoke_ppl", "factory_smoke_images"}
+BUNDLED_TASKS = bundled_tasks()
 
 
 @dataclass(frozen=True)
@@ -38,8 +33,8 @@ class EvalPlan:
     seed: int
 
     @classmethod
-    def for_model(cls, evaluation: Evaluation, kind: str) -> "EvalPlan":
-        tasks, ppl = SUITES[(evaluation.suite, kind)]
+    def for_model(cls, evaluation: "Evaluation", kind: str) -> "EvalPlan":
+        tasks, ppl = suite(evaluation.suite, kind)
         return cls(
             kind=kind,
             harness="lmms-eval" if kind == "llava-next" else "lm-eval",

@@ -7,29 +7,24 @@ ones, so 1.0 means "kept everything" either way. The mean is over each task's pr
 from __future__ import annotations
 
 from factory.recipe import Gate, Gates
+from factory.tasks import primary_metric
 
-PRIMARY_ORDER = ("acc", "contains", "exact_match", "perplexity", "word_perplexity", "relaxed_overall", "anls", "mme_perception_score")
-
-
-def lower_is_better(metric: str) -> bool:
+def _name_says_lower(metric: str) -> bool:
+    # Only for a metric whose harness declared no direction (lm-eval declares one per metric).
     return "perplexity" in metric or metric in ("bits_per_byte", "ppl")
 
 
-def primary_metric(metrics: dict[str, float]) -> str:
-    for name in PRIMARY_ORDER:
-        if name in metrics:
-            return name
-    return sorted(metrics)[0]
-
-
-def compare(base: dict[str, dict[str, float]], quantized: dict[str, dict[str, float]]) -> dict:
+def compare(base: dict[str, dict[str, float]], quantized: dict[str, dict[str, float]],
+            higher_is_better: dict[str, dict[str, bool]]) -> dict:
+    """Recovery per task and metric; `higher_is_better` is the harness's own declaration."""
     tasks: dict[str, dict] = {}
     primary_recoveries = []
     for task, metrics in quantized.items():
         primary = primary_metric(metrics)
         for metric, value in metrics.items():
             reference = base.get(task, {}).get(metric)
-            higher = not lower_is_better(metric)
+            declared = higher_is_better.get(task, {}).get(metric)
+            higher = declared if declared is not None else not _name_says_lower(metric)
             recovery = None
             if reference is not None:
                 if higher:

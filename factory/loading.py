@@ -1,10 +1,8 @@
-"""Loading a base checkpoint and its tokenizer/processor for either model kind."""
+"""Loading a checkpoint and its tokenizer/processor for either model kind; GPU peak memory."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 
 def model_class(kind: str):
@@ -25,11 +23,15 @@ def text_tokenizer(preprocessor):
 
 
 def peak_gpu_mb() -> float | None:
+    import torch
+
     if not torch.cuda.is_available():
         return None
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 def reset_gpu_peak() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -1,0 +1,122 @@
+"""What a method is: one class that owns its options, its checks, how it quantizes and what its card says.
+
+A method module must import without torch (the registry loads it for `validate` and `plan`);
+libraries that do the work are imported inside `quantize`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe, Settings
+
+OutputFormat = Literal["compressed-tensors", "bitsandbytes", "simulated", "gguf", "peft-adapter"]
+Runtime = Literal["transformers", "vllm", "llama.cpp"]
+PER_CHANNEL = "per-channel"
+Problem = tuple[tuple, str]  # (path of the recipe field, message)
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """What a model card says about how a build was made and how to run it."""
+
+    engine: str  # e.g. "llm-compressor `oneshot`"
+    format: str  # what the files hold
+    tags: tuple[str, ...]
+    load_note: str  # what loading needs
+    serve_note: str  # Markdown: how to serve it, or why a runtime cannot
+
+
+class QuantMethod:
+    """Base class of every method. Subclasses set the class attributes and implement `quantize`."""
+
+    name: ClassVar[str]
+    paper_name: ClassVar[str | None] = None  # the name in Huang et al. 2024's tables, if it is there
+    summary: ClassVar[str] = ""
+    output_format: ClassVar[OutputFormat]
+    # distributions whose versions shape the output (fingerprinted with torch and transformers)
+    libraries: ClassVar[tuple[str, ...]] = ()
+    needs_calibration: ClassVar[bool] = False
+    supported_bits: ClassVar[tuple[int, ...]]
+    default_group_size: ClassVar[int | str] = 128
+    # a group size the format fixes (NF4's 64-weight blocks), with the reason shown when a recipe differs
+    fixed_group_size: ClassVar[tuple[int | str, str] | None] = None
+    default_symmetric: ClassVar[bool | None] = True  # None: the format has no such choice
+    activations: ClassVar[Literal["none", "optional", "required"]] = "none"
+    runtimes: ClassVar[tuple[Runtime, ...]] = ("transformers",)
+    stage: ClassVar[str] = "quantize"  # the stage that makes the build's artifact (finetune for LoRA)
+    artifact_kind: ClassVar[Literal["checkpoint", "adapter"]] = "checkpoint"
+    # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
+    Options: ClassVar[type[BaseModel] | None] = None
+
+    # ------------------------------------------------------------ recipe
+
+    def options(self, settings: "Settings") -> BaseModel | None:
+        """The method's options for one build, typed (defaults filled in)."""
+        if self.Options is None:
+            return None
+        return self.Options.model_validate(settings.options or {})
+
+    def check(self, recipe: "Recipe") -> list[Problem]:
+        """Rules a recipe must keep for this method, beyond its schema."""
+        out: list[Problem] = []
+        w = recipe.weights
+        if w.bits not in self.supported_bits:
+            bits = ", ".join(str(b) for b in sorted(self.supported_bits))
+            out.append((("weights", "bits"), f"{self.name} supports {bits} bits, not {w.bits}"))
+        if self.fixed_group_size is not None:
+            size, reason = self.fixed_group_size
+            if w.group_size not in (None, size):
+                out.append((("weights", "group_size"), reason))
+            for i, entry in enumerate(recipe.models):
+                if entry.overrides.group_size is not None:
+                    out.append((("models", i, "overrides", "group_size"), f"does not apply to {self.name}"))
+        if self.default_symmetric is None and w.symmetric is not None:
+            out.append((("weights", "symmetric"), f"does not apply to {self.name}"))
+        if self.activations == "required" and recipe.activations is None:
+            out.append((("method",), f"{self.name} quantizes activations: add `activations: {{bits: 8}}`"))
+        elif self.activations == "none" and recipe.activations is not None:
+            out.append((("activations",), f"{self.name} is weight-only; remove the activations block"))
+        elif recipe.activations is not None and w.bits != 8:
+            out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
+        return out
+
+    def checks_group_divisibility(self) -> bool:
+        """Whether a recipe's integer group size must divide the model's layer widths."""
+        return self.fixed_group_size is None
+
+    def scheme_label(self, settings: "Settings") -> str:
+        """E.g. W4A16-g128, W8A8."""
+        act = settings.activation_bits or 16
+        group = "" if settings.group_size == PER_CHANNEL else f"-g{settings.group_size}"
+        return f"W{settings.bits}A{act}{group}"
+
+    # ------------------------------------------------------------ build
+
+    def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
+        """Write the quantized checkpoint to `out_dir`; return figures for the manifest
+        (at least `engine`, `format`, `device`, `peak_gpu_mb`)."""
+        raise NotImplementedError
+
+    def card_facts(self, settings: "Settings") -> CardFacts:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ listing
+
+    def describe(self) -> dict:
+        """One row of `factory methods`."""
+        return {
+            "name": self.name,
+            "paper_name": self.paper_name,
+            "bits": sorted(self.supported_bits),
+            "output_format": self.output_format,
+            "runtimes": list(self.runtimes),
+            "needs_calibration": self.needs_calibration,
+            "activations": self.activations,
+            "summary": self.summary,
+        }
