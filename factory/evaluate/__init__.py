@@ -121,10 +121,10 @@ def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
 def paper_perplexity(plan: EvalPlan, artifact: Artifact) -> tuple[dict[str, float], str]:
     import torch
 
-    from factory.loading import load_preprocessor, text_tokenizer
+    from factory.loading import compute_dtype, load_preprocessor, text_tokenizer
 
     tokenizer = text_tokenizer(load_preprocessor(plan.kind, artifact.path))
-    model = artifact.load(plan.kind, dtype="auto", device_map=_device()).eval()
+    model = artifact.load(plan.kind, dtype=compute_dtype(), device_map=_device()).eval()
     try:
         return ({name: perplexity(model, dataset_tokens(name, tokenizer, plan.perplexity_seq_len),
                                   plan.perplexity_seq_len) for name in plan.perplexity},

@@ -57,11 +57,13 @@ def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> "Measured":
     """Evaluate the build's artifact; write the harness's output to out_dir; return its figures."""
     import lm_eval
 
+    from factory.loading import compute_dtype
+
     tasks = [bundled_task_config(t) if t in BUNDLED_TASKS else t for t in plan.tasks]
     if plan.backend == "vllm":
         model, args = "vllm", {**artifact.harness_model_args(), "dtype": "auto", "seed": plan.seed}
     else:
-        model, args = "hf", {**artifact.harness_model_args(), "dtype": "auto"}
+        model, args = "hf", {**artifact.harness_model_args(), "dtype": compute_dtype()}
     try:
         results = lm_eval.simple_evaluate(
             model=model, model_args=args, tasks=tasks, task_manager=task_manager(dict(args)),

@@ -58,6 +58,8 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
 def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> Measured:
     from lmms_eval.evaluator import simple_evaluate
 
+    from factory.loading import compute_dtype
+
     if artifact.kind != "checkpoint":
         raise UserError("evaluation: lmms-eval's llava_hf model loads whole checkpoints, not adapters")
     model_path = artifact.path
@@ -68,7 +70,7 @@ def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> Measured:
         model, args = "vllm", f"model={model_path},dtype=auto"
     else:
         # transformers 5 rejects llava_hf's default device_map ""; name the device instead.
-        model, args = "llava_hf", f"pretrained={model_path},dtype=auto,device_map={device}"
+        model, args = "llava_hf", f"pretrained={model_path},dtype={compute_dtype()},device_map={device}"
     try:
         results = simple_evaluate(
             model=model, model_args=args,

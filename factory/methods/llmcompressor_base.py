@@ -51,7 +51,8 @@ class LLMCompressorMethod(QuantMethod):
         from llmcompressor import oneshot
 
         from factory.calibration import calibration_windows
-        from factory.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak, text_tokenizer
+        from factory.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak,
+                                     text_tokenizer)
 
         preprocessor = load_preprocessor(settings.kind, base_dir)
         kwargs = {}
@@ -63,14 +64,18 @@ class LLMCompressorMethod(QuantMethod):
                           shuffle_calibration_samples=False)
 
         reset_gpu_peak()
-        model = model_class(settings.kind).from_pretrained(base_dir, dtype="auto")
+        cls = model_class(settings.kind)
+        dtype = compute_dtype()
+        model = cls.from_pretrained(base_dir, dtype=dtype)
         with _no_pinned_memory_without_accelerator():
             oneshot(model=model, recipe=self.modifiers(settings, self.quantization_scheme(settings)), **kwargs)
+        if dtype != "auto":  # computed in float32 on this CPU: saved in the checkpoint's own dtype
+            model.to(checkpoint_dtype(base_dir))
         model.save_pretrained(out_dir, save_compressed=True)
         preprocessor.save_pretrained(out_dir)
         _keep_ignore_patterns(out_dir / "config.json", settings.ignore)
         return {"engine": "llm-compressor", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
-                "device": "cuda" if torch.cuda.is_available() else "cpu"}
+                "device": "cuda" if torch.cuda.is_available() else "cpu", "compute_dtype": dtype}
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         if settings.bits in self.vllm_bits:
