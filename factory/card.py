@@ -107,7 +107,7 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling]) ->
         "serve_note": facts.serve_note.replace("{repo_id}", repo_id),
         "group": "per-channel" if s.group_size == PER_CHANNEL else s.group_size,
         "warning": paper_warning(s.bits, entry.kind), "gate_failures": manifest.gates.failures if manifest.gates else [],
-        "paper": paper_rows(entry.id, s.method, s.bits, s.group_size),
+        "paper": paper_rows(entry.id, build.method.paper_name, build.method.paper_bits_label(s), s.group_size),
         "recipe_text": _recipe_text(build), "reproduce": f"factory publish {_recipe_arg(build)} --model {entry.id}",
         "libraries": {**build.fingerprint_inputs["libraries"], "lm-eval/lmms-eval": scores.get("harness", {}).get("harness_version")},
         "fingerprint": publish_fingerprint(build), "citation": CITATION, "pct": _pct, "mb": _mb,

@@ -128,15 +128,30 @@ def cmd_validate(args) -> int:
         path = Path(raw)
         files.extend(sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path])
     problems: list[str] = []
+    notes: list[str] = []
     for path in files:
         try:
-            load_recipe(path)
+            recipe = load_recipe(path)
         except RecipeInvalid as exc:
             problems.extend(exc.problems)
+            continue
+        note = simulated_note(recipe)
+        if note:
+            notes.append(f"note: {path}: {note}")
     if problems:
         raise RecipeInvalid(problems)
-    print(f"{len(files)} recipe{'s' if len(files) != 1 else ''} valid")
+    print("\n".join([*notes, f"{len(files)} recipe{'s' if len(files) != 1 else ''} valid"]))
     return 0
+
+
+def simulated_note(recipe) -> str | None:
+    """What validate, quantize and publish say about a method whose output is simulated quantization."""
+    from factory.methods import get_method
+
+    if get_method(recipe.method).output_format != "simulated":
+        return None
+    return (f"{recipe.method} writes simulated quantization: the dequantized weights at full size, "
+            "as the paper evaluates it (no memory saving, no packed runtime)")
 
 
 def cmd_schema(args) -> int:
@@ -176,6 +191,8 @@ def cmd_quantize(args) -> int:
 
     recipe = load_recipe(args.recipe)
     root = workdir_root(args.workdir)
+    if simulated_note(recipe):
+        print(f"note: {simulated_note(recipe)}")
     results = []
     for entry in recipe.model(args.model):
         build = Build(recipe, entry, root)

@@ -47,7 +47,9 @@ def build_inputs(build: "Build") -> dict:
     from factory.recipe import settings_json
 
     settings = build.settings
+    code = build.method.code_digest()
     return {
+        **({"method_code": code} if code else {}),
         "settings": json.loads(settings_json(settings)),
         "calibration_data": calibration_digest(settings.calibration, build.recipe_dir) if settings.calibration else None,
         "base_model": {"id": build.entry.id, "source": build.entry.source,

@@ -8,7 +8,6 @@ from pathlib import Path
 PTQ_TABLE = Path(__file__).resolve().parent / "data" / "huang2024_llama3_ptq.csv"
 # Base models the paper measured, by the name its tables use.
 PAPER_MODELS = {"meta-llama/Meta-Llama-3-8B": "LLaMA3-8B", "meta-llama/Meta-Llama-3-70B": "LLaMA3-70B"}
-PAPER_METHODS = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "smoothquant": "SmoothQuant"}
 COLUMNS = ("wikitext2_ppl", "c4_ppl", "ptb_ppl", "piqa", "arc_e", "arc_c", "hellaswag", "winogrande", "avg")
 CITATION = """@article{huang2024good,
   title   = {How Good Are Low-bit Quantized LLaMA3 Models? An Empirical Study},
@@ -19,9 +18,10 @@ CITATION = """@article{huang2024good,
 }"""
 
 
-def paper_rows(model_id: str, method: str, bits: int, group_size) -> dict[str, dict[str, float]] | None:
-    """{'FP16': {...}, 'GPTQ 4-bit g128': {...}} for a model and setting the paper measured, else None."""
-    model, name = PAPER_MODELS.get(model_id), PAPER_METHODS.get(method)
+def paper_rows(model_id: str, name: str | None, bits: str, group_size) -> dict[str, dict[str, float]] | None:
+    """{'FP16': {...}, 'GPTQ W4A16-g128': {...}} for a model and setting the paper measured, else None.
+    `name` is the method's name in the paper's tables, `bits` its bit width as they write it ("4", "1.7")."""
+    model = PAPER_MODELS.get(model_id)
     if model is None or name is None:
         return None
     group = "" if group_size == "per-channel" else str(group_size)
@@ -33,6 +33,6 @@ def paper_rows(model_id: str, method: str, bits: int, group_size) -> dict[str, d
             values = {c: float(row[c]) for c in COLUMNS if row.get(c)}
             if row["method"] == "FP16":
                 found["FP16"] = values
-            elif row["method"] == name and row["w_bits"] == str(bits) and row["group_size"] == group:
+            elif row["method"] == name and row["w_bits"] == bits and row["group_size"] == group:
                 found[f"{name} W{bits}A{row['a_bits']}" + (f"-g{group}" if group else "")] = values
     return found if len(found) == 2 else None

@@ -30,7 +30,7 @@ from factory.lowbit import billm, pbllm, slim_llm
 from factory.lowbit.hessian import HessianCollector, QuantResult
 
 __all__ = ["HessianCollector", "LayerReport", "LinearReport", "QuantResult", "billm", "pbllm", "slim_llm",
-           "quantize_model_layers", "weighted_bits"]
+           "decoder_layers", "quantize_model_layers", "weighted_bits"]
 
 QuantizeFn = Callable[[Tensor, Tensor], QuantResult]
 TargetsFilter = Callable[[str, nn.Linear], bool]
@@ -72,6 +72,15 @@ def weighted_bits(linears: Iterable[LinearReport], attribute: str = "effective_b
     if not parameters:
         return float("nan")
     return sum(getattr(linear, attribute) * linear.parameters for linear in linears) / parameters
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The text decoder's layers: `model.model.layers` (LLaMA), or the language model's inside
+    LLaVA-Next (`model.model.language_model.layers`; its vision tower is not a target)."""
+    inner = model.model
+    if hasattr(inner, "layers"):
+        return inner.layers
+    return inner.language_model.layers
 
 
 class _FirstLayerReached(Exception):
@@ -145,7 +154,7 @@ def quantize_model_layers(model: nn.Module, calibration_batches: Iterable[Tensor
     quantized and written back in the model's dtype, and a second pass with the quantized weights
     produces the next layer's inputs. Only one layer's activations are held at a time.
     """
-    layers = model.model.layers
+    layers = decoder_layers(model)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

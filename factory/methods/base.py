@@ -86,6 +86,15 @@ class QuantMethod:
             out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
         return out
 
+    def code_digest(self) -> str | None:
+        """A digest of the factory's own code that shapes the output (None: a library does the work,
+        and its version is fingerprinted instead)."""
+        return None
+
+    def paper_bits_label(self, settings: "Settings") -> str:
+        """The bit width as the paper's tables write it ("4", "1.7"), to find this setting's row."""
+        return str(settings.bits)
+
     def checks_group_divisibility(self) -> bool:
         """Whether a recipe's integer group size must divide the model's layer widths."""
         return self.fixed_group_size is None

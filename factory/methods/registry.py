@@ -19,6 +19,9 @@ BUILTIN: dict[str, str] = {
     "smoothquant": "factory.methods.smoothquant:SmoothQuant",
     "nf4": "factory.methods.nf4:NF4",
     "int8": "factory.methods.int8:Int8",
+    "pb-llm": "factory.methods.pb_llm:PBLLM",
+    "billm": "factory.methods.billm:BiLLM",
+    "slim-llm": "factory.methods.slim_llm:SliMLLM",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)
