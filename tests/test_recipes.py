@@ -122,7 +122,11 @@ def test_schema_command_prints_a_json_schema_that_rejects_unknown_keys(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]["method"]["enum"]) == {"rtn", "gptq", "awq", "smoothquant", "nf4", "int8"}
+    from factory.methods import method_names
+
+    assert set(schema["properties"]["method"]["enum"]) == set(method_names()) >= {
+        "rtn", "gptq", "awq", "smoothquant", "nf4", "int8", "pb-llm", "billm", "slim-llm"}
+    assert "pb-llm" in schema["properties"] and "gptq" in schema["properties"]  # the methods' option blocks
     assert "models" in schema["required"]
 
 
