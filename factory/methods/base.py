@@ -49,6 +49,9 @@ class QuantMethod:
     default_symmetric: ClassVar[bool | None] = True  # None: the format has no such choice
     activations: ClassVar[Literal["none", "optional", "required"]] = "none"
     runtimes: ClassVar[tuple[Runtime, ...]] = ("transformers",)
+    # model kinds the method can build, and why a kind is refused
+    supported_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "llava-next")
+    unsupported_kind_reason: ClassVar[str] = ""
     stage: ClassVar[str] = "quantize"  # the stage that makes the build's artifact (finetune for LoRA)
     artifact_kind: ClassVar[Literal["checkpoint", "adapter"]] = "checkpoint"
     # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
@@ -76,6 +79,10 @@ class QuantMethod:
             for i, entry in enumerate(recipe.models):
                 if entry.overrides.group_size is not None:
                     out.append((("models", i, "overrides", "group_size"), f"does not apply to {self.name}"))
+        for i, entry in enumerate(recipe.models):
+            if entry.kind not in self.supported_kinds:
+                out.append((("models", i, "kind"), f"{self.name} cannot build {entry.kind} models"
+                            + (f": {self.unsupported_kind_reason}" if self.unsupported_kind_reason else "")))
         if self.default_symmetric is None and w.symmetric is not None:
             out.append((("weights", "symmetric"), f"does not apply to {self.name}"))
         if self.activations == "required" and recipe.activations is None:

@@ -25,6 +25,7 @@ class LLMCompressorMethod(QuantMethod):
     runtimes = ("transformers", "vllm")
     # vLLM's compressed-tensors kernels the card points to (4- and 8-bit weights)
     vllm_bits = (4, 8)
+    load_dtype: str | None = None  # a dtype the method needs (else compute_dtype(): the checkpoint's, or float32 on CPU)
 
     def modifiers(self, settings: "Settings", quant: dict) -> list:
         """The llm-compressor recipe; `quant` holds config_groups and ignore for the quantization modifier."""
@@ -65,11 +66,11 @@ class LLMCompressorMethod(QuantMethod):
 
         reset_gpu_peak()
         cls = model_class(settings.kind)
-        dtype = compute_dtype()
+        dtype = self.load_dtype or compute_dtype()
         model = cls.from_pretrained(base_dir, dtype=dtype)
         with _no_pinned_memory_without_accelerator():
             oneshot(model=model, recipe=self.modifiers(settings, self.quantization_scheme(settings)), **kwargs)
-        if dtype != "auto":  # computed in float32 on this CPU: saved in the checkpoint's own dtype
+        if dtype == "float32":  # computed in float32 on this CPU: saved in the checkpoint's own dtype
             model.to(checkpoint_dtype(base_dir))
         model.save_pretrained(out_dir, save_compressed=True)
         preprocessor.save_pretrained(out_dir)

@@ -22,6 +22,8 @@ BUILTIN: dict[str, str] = {
     "pb-llm": "factory.methods.pb_llm:PBLLM",
     "billm": "factory.methods.billm:BiLLM",
     "slim-llm": "factory.methods.slim_llm:SliMLLM",
+    "quip": "factory.methods.quip:QuIP",
+    "autoround": "factory.methods.autoround:AutoRound",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)
