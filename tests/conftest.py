@@ -103,6 +103,12 @@ def write_recipe(directory: Path, body: str, name: str = "recipe.yaml") -> Path:
     return path
 
 
+def local_model_recipe(directory: Path, name: str, body: str, model_dir: Path, kind: str = "causal-lm") -> Path:
+    """A recipe `name` with `body` (method, weights, ...) over one local checkpoint, written as NAME.yaml."""
+    return write_recipe(directory, f"name: {name}\n{body}\nmodels:\n"
+                        f"  - {{id: test/tiny, source: local, path: {model_dir}, kind: {kind}}}\n", f"{name}.yaml")
+
+
 def run_factory(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 900):
     """The CLI in a fresh process, as a user runs it."""
     full_env = {**os.environ, **(env or {})}

@@ -7,7 +7,7 @@ import json
 import pytest
 from safetensors import safe_open
 
-from conftest import reload_in_fresh_process, run_factory, write_recipe
+from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
 from factory.build import Build
 from factory.quantize import quantize
 from factory.recipe import load_recipe
@@ -27,14 +27,9 @@ METHODS = {
 EXPECTED_FORMAT = {"nf4": "bitsandbytes", "int8": "bitsandbytes"}
 
 
-def _recipe(tmp_path, name, body, model_dir, kind="causal-lm"):
-    return write_recipe(tmp_path, f"name: {name}\n{body}\nmodels:\n"
-                        f"  - {{id: test/tiny, source: local, path: {model_dir}, kind: {kind}}}\n", f"{name}.yaml")
-
-
 @pytest.mark.parametrize("name", METHODS)
 def test_method_produces_a_checkpoint_plain_transformers_reloads(name, tmp_path, tiny_llama):
-    recipe = load_recipe(_recipe(tmp_path, name, METHODS[name], tiny_llama))
+    recipe = load_recipe(local_model_recipe(tmp_path, name, METHODS[name], tiny_llama))
     result = quantize(Build(recipe, recipe.models[0], tmp_path))
     model_dir = result.output
     assert model_dir == tmp_path / "builds" / name / "test--tiny" / "model"
@@ -64,7 +59,7 @@ def test_method_produces_a_checkpoint_plain_transformers_reloads(name, tmp_path,
 
 @pytest.mark.parametrize("name", ["gptq-4bit", "nf4"])
 def test_llava_next_quantizes_language_model_only(name, tmp_path, tiny_llava):
-    recipe = load_recipe(_recipe(tmp_path, name, METHODS[name], tiny_llava, kind="llava-next"))
+    recipe = load_recipe(local_model_recipe(tmp_path, name, METHODS[name], tiny_llava, kind="llava-next"))
     model_dir = quantize(Build(recipe, recipe.models[0], tmp_path)).output
     assert (model_dir / "processor_config.json").is_file() or (model_dir / "preprocessor_config.json").is_file()
 
@@ -81,7 +76,7 @@ def test_llava_next_quantizes_language_model_only(name, tmp_path, tiny_llava):
 
 
 def test_cli_quantize_prints_a_summary_and_skips_a_finished_build(tmp_path, tiny_llama):
-    recipe = _recipe(tmp_path, "rtn-4bit", METHODS["rtn-4bit"], tiny_llama)
+    recipe = local_model_recipe(tmp_path, "rtn-4bit", METHODS["rtn-4bit"], tiny_llama)
     first = run_factory("quantize", str(recipe), "--workdir", str(tmp_path))
     assert first.returncode == 0, first.stderr
     out_dir = tmp_path / "builds" / "rtn-4bit" / "test--tiny" / "model"
@@ -92,19 +87,19 @@ def test_cli_quantize_prints_a_summary_and_skips_a_finished_build(tmp_path, tiny
 
 
 def test_changing_a_setting_changes_the_fingerprint_and_rebuilds(tmp_path, tiny_llama):
-    recipe = load_recipe(_recipe(tmp_path, "rtn", METHODS["rtn-4bit"], tiny_llama))
+    recipe = load_recipe(local_model_recipe(tmp_path, "rtn", METHODS["rtn-4bit"], tiny_llama))
     build = Build(recipe, recipe.models[0], tmp_path)
     assert quantize(build).skipped is False
     assert quantize(build).skipped is True
-    changed = load_recipe(_recipe(tmp_path, "rtn", "method: rtn\nweights: {bits: 4, group_size: 64}", tiny_llama))
+    changed = load_recipe(local_model_recipe(tmp_path, "rtn", "method: rtn\nweights: {bits: 4, group_size: 64}", tiny_llama))
     rebuilt = Build(changed, changed.models[0], tmp_path)
     assert rebuilt.fingerprint() != build.fingerprint()
     assert quantize(rebuilt).skipped is False
 
 
 def test_calibration_does_not_enter_a_data_free_fingerprint(tmp_path, tiny_llama):
-    a = load_recipe(_recipe(tmp_path, "a", "method: rtn\nweights: {bits: 4, group_size: 32}", tiny_llama))
-    b = load_recipe(_recipe(tmp_path, "b", f"method: rtn\nweights: {{bits: 4, group_size: 32}}\n{CAL}", tiny_llama))
+    a = load_recipe(local_model_recipe(tmp_path, "a", "method: rtn\nweights: {bits: 4, group_size: 32}", tiny_llama))
+    b = load_recipe(local_model_recipe(tmp_path, "b", f"method: rtn\nweights: {{bits: 4, group_size: 32}}\n{CAL}", tiny_llama))
     assert Build(a, a.models[0], tmp_path).fingerprint() == Build(b, b.models[0], tmp_path).fingerprint()
 
 
@@ -125,7 +120,7 @@ def test_unknown_model_id_offline_is_one_line(tmp_path):
 
 
 def test_model_flag_picks_one_model_and_rejects_unknown(tmp_path, tiny_llama):
-    recipe = _recipe(tmp_path, "pick", METHODS["rtn-4bit"], tiny_llama)
+    recipe = local_model_recipe(tmp_path, "pick", METHODS["rtn-4bit"], tiny_llama)
     done = run_factory("quantize", str(recipe), "--model", "other/model", "--workdir", str(tmp_path))
     assert done.returncode == 2
     assert done.stderr.strip() == "error: recipe pick: no model 'other/model' (it lists: test/tiny)"
@@ -133,7 +128,7 @@ def test_model_flag_picks_one_model_and_rejects_unknown(tmp_path, tiny_llama):
 
 def test_calibration_text_too_short_is_one_line(tmp_path, tiny_llama):
     (tmp_path / "short.txt").write_text("just a few words")
-    recipe = _recipe(tmp_path, "short", "method: gptq\nweights: {bits: 4, group_size: 32}\n"
+    recipe = local_model_recipe(tmp_path, "short", "method: gptq\nweights: {bits: 4, group_size: 32}\n"
                      "calibration: {source: file, path: short.txt, samples: 4, seq_len: 64}", tiny_llama)
     done = run_factory("quantize", str(recipe), "--workdir", str(tmp_path))
     assert done.returncode == 2

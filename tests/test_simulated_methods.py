@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import reload_in_fresh_process, run_factory, write_recipe
+from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
 from factory.build import Build
 from factory.quantize import quantize
 from factory.recipe import load_recipe
@@ -21,14 +21,9 @@ METHODS = {
 }
 
 
-def _recipe(tmp_path, name, body, model_dir, kind="causal-lm"):
-    return write_recipe(tmp_path, f"name: {name}\n{body}\nmodels:\n"
-                        f"  - {{id: test/tiny, source: local, path: {model_dir}, kind: {kind}}}\n", f"{name}.yaml")
-
-
 @pytest.mark.parametrize("name", METHODS)
 def test_simulated_build_reloads_and_keeps_few_values(name, tmp_path, tiny_llama):
-    recipe = load_recipe(_recipe(tmp_path, name, METHODS[name], tiny_llama))
+    recipe = load_recipe(local_model_recipe(tmp_path, name, METHODS[name], tiny_llama))
     build = Build(recipe, recipe.models[0], tmp_path)
     result = quantize(build)
     record = result.record
@@ -55,7 +50,7 @@ def test_simulated_build_reloads_and_keeps_few_values(name, tmp_path, tiny_llama
 
 
 def test_llava_next_text_tower_only(tmp_path, tiny_llava):
-    recipe = load_recipe(_recipe(tmp_path, "billm-llava", METHODS["billm"], tiny_llava, kind="llava-next"))
+    recipe = load_recipe(local_model_recipe(tmp_path, "billm-llava", METHODS["billm"], tiny_llava, kind="llava-next"))
     result = quantize(Build(recipe, recipe.models[0], tmp_path))
     weights = load_file(str(result.output / "model.safetensors"))
     base = load_file(str(tiny_llava / "model.safetensors"))
@@ -78,7 +73,7 @@ def test_llava_next_text_tower_only(tmp_path, tiny_llava):
      ":3: weights.group_size: the paper's setting: blocks of 128 columns"),
 ])
 def test_bad_options_are_one_line(tmp_path, body, line):
-    recipe = write_recipe(tmp_path, f"name: bad\n{body}\nmodels: [{{id: a/b}}]\n")
+    recipe = writelocal_model_recipe(tmp_path, f"name: bad\n{body}\nmodels: [{{id: a/b}}]\n")
     done = run_factory("validate", str(recipe))
     assert done.returncode == 2
     assert done.stderr.strip() == f"{recipe}{line}"
@@ -96,7 +91,7 @@ def test_card_says_simulated_first(tmp_path, tiny_llama):
     from factory.hub import LocalFolder, card_metadata
     from factory.publish import publish
 
-    recipe = load_recipe(write_recipe(tmp_path, f"""
+    recipe = load_recipe(writelocal_model_recipe(tmp_path, f"""
         name: billm-card
         {METHODS["billm"].replace(chr(10), chr(10) + "        ")}
         evaluation: {{suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}}

@@ -47,7 +47,7 @@ def heldout_ppl(tmp_path_factory):
             """, f"{name}.yaml"))
             results[name] = ppl(quantize(Build(recipe, recipe.models[0], work)).output)
     print("held-out perplexity:", {k: round(v, 2) for k, v in results.items()})
-    return results
+    return {**results, "_work": work}
 
 
 def test_base_beats_gptq_beats_rtn_at_4_bits(heldout_ppl):
@@ -57,3 +57,21 @@ def test_base_beats_gptq_beats_rtn_at_4_bits(heldout_ppl):
 @pytest.mark.parametrize("method", ["gptq", "rtn"])
 def test_4_bits_beat_3_bits(heldout_ppl, method):
     assert heldout_ppl[f"{method}-4bit"] < heldout_ppl[f"{method}-3bit"]
+
+
+def test_quantizing_twice_gives_identical_weights(heldout_ppl, tmp_path):
+    """The demo model's GPTQ build, made again in a fresh process and workdir: bit-identical tensors
+    (fixed calibration windows and seeds; llm-compressor's GPTQ is deterministic on one machine)."""
+    from safetensors.torch import load_file
+
+    from conftest import run_factory
+
+    first = heldout_ppl["_work"] / "builds" / "gptq-4bit" / "HuggingFaceTB--SmolLM2-135M-Instruct" / "model"
+    recipe = heldout_ppl["_work"] / "gptq-4bit.yaml"
+    done = run_factory("quantize", str(recipe), "--workdir", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    second = tmp_path / "builds" / "gptq-4bit" / "HuggingFaceTB--SmolLM2-135M-Instruct" / "model"
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys()
+    different = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
+    assert not different, different[:5]
