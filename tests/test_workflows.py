@@ -109,8 +109,9 @@ def test_least_privilege_and_pinned_actions(path):
         if (path.name, job_id) == ("relock.yml", "propose"):
             # the one job that writes (a branch and a pull request) installs and runs none of the new packages
             scripts = "\n".join(step.get("run", "") for step in job["steps"])
-            assert set(perms) == {"actions", "contents", "pull-requests"} and "make" not in scripts, perms
-            assert ".venv" not in scripts and "pip" not in scripts
+            assert set(perms) == {"actions", "contents", "pull-requests"}, perms
+            assert not re.search(r"(^|\n)\s*make\s", scripts), "the writing job runs make"
+            assert ".venv/" not in scripts and not re.search(r"\bpip\s+install\b", scripts)
             continue
         assert isinstance(perms, dict) and all(v in ("read", "none") for v in perms.values()), (job_id, perms)
     for job_id, step in _steps(workflow):
