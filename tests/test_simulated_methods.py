@@ -73,7 +73,7 @@ def test_llava_next_text_tower_only(tmp_path, tiny_llava):
      ":3: weights.group_size: the paper's setting: blocks of 128 columns"),
 ])
 def test_bad_options_are_one_line(tmp_path, body, line):
-    recipe = writelocal_model_recipe(tmp_path, f"name: bad\n{body}\nmodels: [{{id: a/b}}]\n")
+    recipe = write_recipe(tmp_path, f"name: bad\n{body}\nmodels: [{{id: a/b}}]\n")
     done = run_factory("validate", str(recipe))
     assert done.returncode == 2
     assert done.stderr.strip() == f"{recipe}{line}"
@@ -91,7 +91,7 @@ def test_card_says_simulated_first(tmp_path, tiny_llama):
     from factory.hub import LocalFolder, card_metadata
     from factory.publish import publish
 
-    recipe = load_recipe(writelocal_model_recipe(tmp_path, f"""
+    recipe = load_recipe(write_recipe(tmp_path, f"""
         name: billm-card
         {METHODS["billm"].replace(chr(10), chr(10) + "        ")}
         evaluation: {{suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}}
