@@ -6,7 +6,9 @@
    the same bundled tasks, each in its own process (target <= 1.05x). The paper-protocol
    perplexity is switched off for this part: plain lm-eval has no such step.
 2. Base cache: `factory evaluate` of three recipes for the same model (GPTQ 4-bit, RTN 4-bit,
-   RTN 3-bit) with the cache, vs. the same with the cache emptied before each recipe.
+   RTN 3-bit) with the cache, vs. the same with the cache emptied before each recipe. The base
+   cache lives in FACTORY_CACHE; this part gives the children a private one (its converted
+   SmolLM2 linked from the real cache), so emptying it never touches yours.
 
     .venv/bin/python bench/evaluate_cpu.py [--limit N] [--json PATH]
 """
@@ -64,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--part", choices=("overhead", "cache", "both"), default="both", help="which measurement to run")
     args = p.parse_args(argv)
-    env = bench_env()
     work = Path(tempfile.mkdtemp(prefix="factory-bench-eval-"))
+    env = bench_env(FACTORY_CACHE=str(private_cache(work)))
     figures: dict = {"limit": args.limit, "load_start": os.getloadavg()[0]}
     try:
         if args.part in ("overhead", "both"):
@@ -108,18 +110,32 @@ def measure_overhead(work: Path, limit: int | None, env: dict) -> dict:
             "target": TIME_TARGET, "verdict": verdict(r, TIME_TARGET)}
 
 
+def private_cache(work: Path) -> Path:
+    """A FACTORY_CACHE of this run's own whose base-models/ (the converted SmolLM2) is the real cache's."""
+    from factory.models import cache_root
+
+    real = cache_root() / "base-models"
+    real.mkdir(parents=True, exist_ok=True)
+    cache = work / "factory-cache"
+    cache.mkdir(exist_ok=True)
+    if not (cache / "base-models").exists():
+        (cache / "base-models").symlink_to(real, target_is_directory=True)
+    return cache
+
+
 def measure_base_cache(work: Path, limit: int | None, env: dict) -> dict:
     """`factory evaluate` of three recipes for one model, with the base cache and with it emptied each time."""
+    base_evals = private_cache(work) / "base-evals"
     recipes = [recipe(work, f"cache-{m}-{b}bit", m, b, limit, perplexity=True)
                for m, b in (("gptq", 4), ("rtn", 4), ("rtn", 3))]
     for path in recipes:
         run_child("prepare", [*FACTORY, "quantize", str(path), "--workdir", str(work)], work / "q.log", env)
     timings = {"with_cache": 0.0, "without_cache": 0.0}
     for mode in ("without_cache", "with_cache"):
-        shutil.rmtree(work / "base-evals", ignore_errors=True)
+        shutil.rmtree(base_evals, ignore_errors=True)
         for path in recipes:
             if mode == "without_cache":
-                shutil.rmtree(work / "base-evals", ignore_errors=True)
+                shutil.rmtree(base_evals, ignore_errors=True)
             shutil.rmtree(work / "builds" / path.stem / SLUG / "eval", ignore_errors=True)
             timings[mode] += run_child(mode, [*FACTORY, "evaluate", str(path), "--workdir", str(work)],
                                        work / f"{mode}.log", env).wall_s

@@ -20,6 +20,7 @@ class Run:
     wall_s: float
     peak_rss_mb: float
     extra: dict = field(default_factory=dict)  # what the child reported (BENCH_JSON line, manifest)
+    cpu_s: float = 0.0  # user + system CPU time of the child (and the children it reaped)
 
 
 def bench_env(**overrides: str) -> dict[str, str]:
@@ -45,7 +46,8 @@ def run_child(side: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Pa
         sys.exit(f"{side} failed (exit {proc.returncode}); last lines of {log}:\n" + "\n".join(tail))
     # ru_maxrss is KiB on Linux, bytes on macOS.
     rss_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
-    return Run(side, round(wall, 2), round(rss_mb, 1), child_result(log))
+    return Run(side, round(wall, 2), round(rss_mb, 1), child_result(log),
+               cpu_s=round(usage.ru_utime + usage.ru_stime, 2))
 
 
 def same_weights(a: Path, b: Path) -> bool:

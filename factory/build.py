@@ -10,6 +10,10 @@ A stage writes into `<stage-dir>.partial-<pid>/`, is renamed into place when com
 only then is marked `done` in the manifest. A killed or failed run therefore never leaves a
 stage that a later run takes as finished: the manifest says `running`/`failed`, or the
 folder is missing, and the stage runs again.
+
+A stage runs, and the manifest is updated, under the build's lock (`.build.lock`, factory.locks):
+a second run of the same build waits for the first and then finds the stage done. Errors are
+recorded in the manifest without any credential (factory.redact).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from typing import Callable
 from factory.atomic import atomic_dir
 from factory.environment import environment_record
 from factory.errors import UserError, first_line
+from factory.locks import hold
+from factory.redact import scrub
+from factory.safepath import segment
 from factory.fingerprint import build_inputs, digest
 from factory.manifest import MANIFEST, GateRecord, Manifest, StageRecord
 from factory.models import slug
@@ -36,8 +43,14 @@ from factory.stages import STAGES
 
 
 def workdir_root(cli_value: str | None = None) -> Path:
-    """--workdir, else FACTORY_WORKDIR, else the current directory; builds go in <root>/builds/."""
-    return Path(cli_value or os.environ.get("FACTORY_WORKDIR") or ".")
+    """--workdir, else FACTORY_WORKDIR, else the current directory; builds go in <root>/builds/.
+    An empty --workdir, or one that is a file, is bad input (one line)."""
+    if cli_value is not None and not cli_value.strip():
+        raise UserError("--workdir is empty: give a folder (or leave the option out for $FACTORY_WORKDIR or .)")
+    root = Path(cli_value or os.environ.get("FACTORY_WORKDIR") or ".")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"workdir {root} is a file, not a folder")
+    return root
 
 
 @dataclass
@@ -67,7 +80,12 @@ class Build:
 
     @property
     def dir(self) -> Path:
-        return self.root / "builds" / self.recipe.name / slug(self.entry.id)
+        # Both parts come from the recipe: each must be one safe folder name (no '/', no '..').
+        return self.root / "builds" / segment(self.recipe.name, "recipe name") / slug(self.entry.id)
+
+    def lock(self):
+        """Held while a stage runs or the manifest changes (re-entrant; see factory.locks)."""
+        return hold(self.dir / ".build.lock", f"the build {self.recipe.name} / {self.entry.id} ({self.dir})")
 
     @property
     def model_dir(self) -> Path:
@@ -90,6 +108,10 @@ class Build:
         return Manifest.read(self.dir / MANIFEST)
 
     def update_stage(self, stage: str, record: StageRecord) -> None:
+        with self.lock():
+            self._update_stage(stage, record)
+
+    def _update_stage(self, stage: str, record: StageRecord) -> None:
         manifest = self.manifest()
         manifest.recipe, manifest.model = self.recipe.name, self.entry.id
         manifest.fingerprint, manifest.fingerprint_inputs = self.fingerprint(), self.fingerprint_inputs
@@ -100,10 +122,11 @@ class Build:
 
     def record_gates(self, failures: list[str]) -> None:
         """Quality gates of the last evaluation; a build that fails one is marked failed."""
-        manifest = self.manifest()
-        manifest.gates = GateRecord(passed=not failures, failures=failures, checked_at=_now())
-        manifest.status = "failed" if failures else "ok"
-        manifest.write(self.dir / MANIFEST)
+        with self.lock():
+            manifest = self.manifest()
+            manifest.gates = GateRecord(passed=not failures, failures=failures, checked_at=_now())
+            manifest.status = "failed" if failures else "ok"
+            manifest.write(self.dir / MANIFEST)
 
     def stage_done(self, stage: str, fingerprint: str | None = None) -> bool:
         """Finished, with this fingerprint (default: the build's), and its output in place."""
@@ -140,6 +163,10 @@ class Build:
         return Artifact.from_record(self.method.artifact_kind, self.model_dir, record)
 
 
+# Set when an interrupt (Ctrl-C, SIGTERM) stops a stage: which one, for the CLI's message.
+interrupted_stage: str | None = None
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -158,22 +185,28 @@ def run_stage(build: Build, stage: str, work: Callable[[Path], dict], fingerprin
     """
     fingerprint = fingerprint or build.fingerprint()
     output = build.stage_dir(stage)
-    if build.stage_done(stage, fingerprint):
-        return StageResult(stage, output, True, build.manifest().stages[stage])
+    with build.lock():  # a second run of this build waits here, then finds the stage done
+        if build.stage_done(stage, fingerprint):
+            return StageResult(stage, output, True, build.manifest().stages[stage])
 
-    started = time.time()
-    build.update_stage(stage, StageRecord(status="running", fingerprint=fingerprint, pid=os.getpid(), started_at=_now()))
-    try:
-        with atomic_dir(output) as partial:
-            figures = work(partial)
-    except BaseException as exc:
-        build.update_stage(stage, StageRecord(status="failed", fingerprint=fingerprint, started_at=_iso(started),
-                                              error=_one_line(exc), traceback=traceback.format_exc(limit=8)))
-        raise
-    record = StageRecord(status="done", fingerprint=fingerprint, started_at=_iso(started), finished_at=_now(),
-                         wall_time_s=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **figures)
-    build.update_stage(stage, record)
-    return StageResult(stage, output, False, record)
+        started = time.time()
+        build.update_stage(stage, StageRecord(status="running", fingerprint=fingerprint, pid=os.getpid(),
+                                              started_at=_now()))
+        try:
+            with atomic_dir(output, owned=True) as partial:
+                figures = work(partial)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):  # what the CLI says an interrupt stopped
+                global interrupted_stage
+                interrupted_stage = f"the {stage} stage of {build.label}"
+            build.update_stage(stage, StageRecord(status="failed", fingerprint=fingerprint, started_at=_iso(started),
+                                                  error=_one_line(exc),
+                                                  traceback=scrub(traceback.format_exc(limit=8))))
+            raise
+        record = StageRecord(status="done", fingerprint=fingerprint, started_at=_iso(started), finished_at=_now(),
+                             wall_time_s=round(time.time() - started, 2), peak_rss_mb=peak_rss_mb(), **figures)
+        build.update_stage(stage, record)
+        return StageResult(stage, output, False, record)
 
 
 def peak_rss_mb() -> float:

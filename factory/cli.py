@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -10,6 +11,36 @@ import sys
 from pathlib import Path
 
 from factory.errors import FactoryError, RecipeInvalid, first_line
+
+
+# What an interrupted command leaves behind, in its own words (Ctrl-C, SIGTERM or SIGHUP).
+READ_ONLY = ("validate", "schema", "methods", "plan")
+_PUSH = ("the push was cut off: a local folder holds its previous copy or the complete new one, a Hub repo its "
+         "previous commit unless the new commit was already made; run again to finish")
+
+
+def interrupted_message(command: str) -> str:
+    if command in READ_ONLY:
+        return "nothing was written" + (" (plan only reads)" if command == "plan" else "")
+    if command == "push":
+        return _PUSH
+    from factory import build
+
+    if build.interrupted_stage:
+        said = (f"{build.interrupted_stage} was stopped and discarded (not marked done); finished stages are "
+                "kept and the next run resumes there")
+    else:
+        said = "no stage was running, so none was discarded; finished stages are kept"
+    if command == "publish":
+        said += "; a push that was cut off left the target's previous copy (or, on the Hub, the new commit if " \
+                "it was already made)"
+    if command == "rebuild":
+        said += "; builds not started yet were not run"
+    return said
+
+
+NETWORK_FREE = ("validate", "schema", "methods")
+EXIT_BROKEN_PIPE = 128 + 13  # as if killed by SIGPIPE, what `yes | head` reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,44 +53,151 @@ def main(argv: list[str] | None = None) -> int:
     # console to progress bars and the summary unless asked.
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "INFO" if args.verbose else "ERROR")
     os.environ.setdefault("LOGURU_LEVEL", "INFO" if args.verbose else "WARNING")  # lmms-eval's task scan logs DEBUG
+    restore = _terminate_like_interrupt()
     try:
+        return _run(args)
+    except BrokenPipeError:  # `factory schema | head`: the reader left; stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    finally:
+        restore()
+
+
+def _run(args) -> int:
+    from factory.errors import Interrupted
+    from factory.redact import install_log_scrubber, scrub
+
+    def say(line: str) -> None:
+        with contextlib.suppress(OSError):
+            print(scrub(line), file=sys.stderr, flush=True)
+
+    try:
+        check_arguments(args)
+        install_log_scrubber()
+        if args.command not in NETWORK_FREE:
+            from factory.net import configure_hub_client
+
+            configure_hub_client()  # a timeout and bounded retries on every Hub call
         return args.run(args)
     except RecipeInvalid as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            say(problem)
         return exc.exit_code
     except FactoryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: unfinished stages were discarded and will run again", file=sys.stderr)
-        return 130
+    except BrokenPipeError:
+        raise
+    except KeyboardInterrupt as exc:
+        how = f"terminated ({exc.name})" if isinstance(exc, Interrupted) else "interrupted (Ctrl-C)"
+        say(f"{how}: {interrupted_message(args.command)}")
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        _exit_now_if_threads_hang(code)
+        return code
     except OSError as exc:
         if args.debug:
             raise
         if exc.errno == errno.ENOSPC:
-            print("error: no space left on device; the unfinished stage was discarded", file=sys.stderr)
+            say("error: no space left on device; the unfinished stage was discarded")
         else:
-            print(f"error: {exc}", file=sys.stderr)
+            say(f"error: {first_line(exc)}")
         return 1
     except Exception as exc:  # an internal failure: one line here, the traceback in the manifest
         if args.debug:
             raise
-        print(f"error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        say(f"error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)")
         return 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="store_true", help="show the engines' own logs")
-    common.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+def check_arguments(args) -> None:
+    """Empty or impossible option values are bad input (one line, exit 2), never a default in disguise."""
+    from factory.errors import UserError
 
-    parser = argparse.ArgumentParser(prog="factory", parents=[common],
+    for option in ("to", "workdir", "org", "model", "summary"):
+        value = getattr(args, option, None)
+        if value is not None and not value.strip():
+            raise UserError(f"--{option} is empty: give a value, or leave the option out")
+    for option, what in (("to", "--to"), ("workdir", "--workdir")):
+        value = getattr(args, option, None)
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise UserError(f"{what} {value}: is a file, not a folder")
+    summary = getattr(args, "summary", None)
+    if summary and Path(summary).is_dir():
+        raise UserError(f"--summary {summary}: is a folder, not a file")
+    max_builds = getattr(args, "max_builds", None)
+    if max_builds is not None and max_builds < 1:
+        raise UserError(f"--max-builds {max_builds}: must be at least 1 (leave it out to build every stale or "
+                        "missing build)")
+
+
+def _terminate_like_interrupt():
+    """SIGTERM and SIGHUP raise like Ctrl-C does, so that the same cleanup runs (partial folders
+    removed, stages marked failed); the exit code is 128 + the signal. Returns the undo."""
+    import signal
+    import threading
+
+    from factory.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            with contextlib.suppress(ValueError, OSError):
+                previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(sig, old)
+
+    return restore
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so that the exit flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def _exit_now_if_threads_hang(code: int) -> None:
+    """An interrupt ends the command at once: threads still waiting on the network (a library's
+    upload pool) must not hold the exit back. Only in the real CLI process (not under pytest)."""
+    import threading
+
+    if "pytest" in sys.modules:
+        return
+    waiting = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if waiting:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def _parser() -> argparse.ArgumentParser:
+    # The global flags work before the subcommand and after it: the subcommand's copy defaults to
+    # SUPPRESS, so it never overwrites what the main parser already read.
+    top = argparse.ArgumentParser(add_help=False)
+    top.add_argument("-v", "--verbose", action="store_true", help="show the engines' own logs")
+    top.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the engines' own logs")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of internal errors")
+
+    parser = argparse.ArgumentParser(prog="factory", parents=[top],
                                      description="Quantize LLaMA-3 and LLaVA-Next models from recipe files.")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("validate", parents=[common], help="check recipe files; one line per problem")
-    p.add_argument("paths", nargs="+", help="recipe files or folders of them")
+    p.add_argument("paths", nargs="+", help="recipe files, folders of them, or globs (quoted)")
     p.set_defaults(run=cmd_validate)
 
     p = sub.add_parser("schema", parents=[common], help="print the recipe JSON Schema")
@@ -79,6 +217,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model id from the recipe")
     p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
     p.set_defaults(run=cmd_evaluate)
+    p = sub.add_parser("evaluate-base", parents=[common],
+                       help="only the base model's scores for a recipe's plan: cached, or from the store, or measured")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="only this model id from the recipe")
+    p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
+    p.set_defaults(run=cmd_evaluate_base)
 
     def target_options(p, writes: bool = True) -> None:
         p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
@@ -106,15 +250,16 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
 
     p = sub.add_parser("plan", parents=[common], help="fresh / stale / missing for every (recipe, model)")
-    p.add_argument("recipes", nargs="*", help=f"recipe files or globs (default: {'recipes/*.yaml'})")
-    p.add_argument("--format", choices=("table", "json", "github-matrix", "markdown"), default="table")
+    p.add_argument("recipes", nargs="*", help="recipe files, folders or globs (default: recipes/*.yaml)")
+    p.add_argument("--format", choices=("table", "json", "github-matrix", "github-base-matrix", "markdown"),
+                   default="table")
     p.add_argument("--all", action="store_true", help="github-matrix: include fresh builds too (a forced rebuild)")
     target_options(p, writes=False)
     p.set_defaults(run=cmd_plan)
 
     p = sub.add_parser("rebuild", parents=[common], help="publish every stale or missing build")
-    p.add_argument("recipes", nargs="*", help="recipe files or globs (default: recipes/*.yaml)")
-    p.add_argument("--max-builds", type=int, metavar="N", help="build at most N this run")
+    p.add_argument("recipes", nargs="*", help="recipe files, folders or globs (default: recipes/*.yaml)")
+    p.add_argument("--max-builds", type=int, metavar="N", help="build at most N (1 or more) this run")
     target_options(p)
     p.set_defaults(run=cmd_rebuild)
     return parser
@@ -122,11 +267,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     from factory.recipe import load_recipe
+    from factory.recipe_paths import recipe_files
 
-    files: list[Path] = []
-    for raw in args.paths:
-        path = Path(raw)
-        files.extend(sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path])
+    files = recipe_files(args.paths, default=None)  # the same expansion as plan and rebuild
     problems: list[str] = []
     notes: list[str] = []
     for path in files:
@@ -228,6 +371,20 @@ def cmd_evaluate(args) -> int:
     return 1 if failed else 0
 
 
+def cmd_evaluate_base(args) -> int:
+    from factory.build import Build, workdir_root
+    from factory.evaluate import evaluate_base_model
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    root = workdir_root(args.workdir)
+    for entry in recipe.model(args.model):
+        print(f"evaluate-base {recipe.name} / {entry.id}", flush=True)
+        figures = evaluate_base_model(Build(recipe, entry, root))
+        print(f"  base scores ({figures.source}): {figures.path / 'metrics.json'}")
+    return 0
+
+
 def _builds(args):
     """The recipe's builds this command applies to (validated first)."""
     from factory.build import Build, workdir_root
@@ -287,6 +444,8 @@ def cmd_plan(args) -> int:
     rows = planning.plan(args.recipes, target_for(args.to), workdir_root(args.workdir), args.org)
     if args.format == "github-matrix":
         print(planning.github_matrix(rows, include_fresh=args.all))
+    elif args.format == "github-base-matrix":
+        print(planning.github_base_matrix(rows, include_fresh=args.all))
     elif args.format == "json":
         print(planning.as_json(rows))
     else:
@@ -310,7 +469,7 @@ def cmd_rebuild(args) -> int:
     todo = planning.to_builds(rows, include_fresh=args.force)
     print(planning.table(rows))
     if args.max_builds is not None:
-        todo = todo[:max(args.max_builds, 0)]
+        todo = todo[:args.max_builds]  # at least 1 (check_arguments)
     outcomes = []
     for row in todo:
         recipe = load_recipe(row.recipe)
@@ -320,10 +479,10 @@ def cmd_rebuild(args) -> int:
             done = publish(build, target, org=args.org, force=args.force)
             outcomes.append((row, "published" if not done.pushed.skipped else "already there", ""))
         except FactoryError as exc:  # one failing build does not stop the others
-            print(f"  failed: {exc}", file=sys.stderr)
+            print(f"  failed: {first_line(exc)}", file=sys.stderr)
             outcomes.append((row, "failed", first_line(exc)))
         except Exception as exc:
-            print(f"  failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"  failed: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
             outcomes.append((row, "failed", f"{type(exc).__name__}: {first_line(exc)}"))
     rows_out = [("recipe", "model", "result", "")] + [(r.recipe_name, r.model, result, why[:100]) for r, result, why in outcomes]
     print("\n" + (_table(rows_out) if outcomes else "nothing to rebuild: every build is fresh"))

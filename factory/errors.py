@@ -4,8 +4,11 @@ from __future__ import annotations
 
 
 def first_line(error: BaseException | str) -> str:
-    """The first line of an error's text: one-line messages never carry a traceback or a server page."""
-    return (str(error).strip().splitlines() or [""])[0]
+    """The first line of an error's text: one-line messages never carry a traceback, a server page or a
+    credential (a server may echo the request's Authorization header in its error body)."""
+    from factory.redact import scrub
+
+    return scrub((str(error).strip().splitlines() or [""])[0])
 
 
 class FactoryError(Exception):
@@ -30,3 +33,15 @@ class RecipeInvalid(UserError):
 
 class HubUnreachable(FactoryError):
     """The Hub (or HF_ENDPOINT) did not answer: a network problem, not bad input."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGHUP) turned into an exception, so that every cleanup a Ctrl-C runs runs too."""
+
+    def __init__(self, signum: int, name: str):
+        super().__init__(name)
+        self.signum, self.name = signum, name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

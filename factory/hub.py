@@ -5,7 +5,18 @@ card's `factory` metadata), put these files there as one unit (`publish`), and w
 does it hold (`listing`, for verification). The Hub target uploads everything in ONE commit,
 so a failure at any point before the commit leaves the repo as it was; files the new build no
 longer has are deleted in that same commit. The token comes from huggingface_hub (HF_TOKEN
-or the stored login) and is never printed or written anywhere.
+or the stored login) and is never printed or written anywhere: every message made from a
+server's answer goes through factory.redact.scrub, whatever the server echoed back.
+
+Every Hub call has a timeout and bounded retries (factory.net). A push holds the target's
+lock (factory.locks) from its lookup to its verification, so two runs never write one repo at
+once: on the Hub, runs of one machine are serialised and runs of different machines are kept
+apart by the commit's parent; a local folder is locked in <root>/.locks/.
+
+A local folder target is replaced whole (factory.atomic): the new copy is written aside as
+`.<name>.partial-<pid>` and exchanged with the old one in one step, so the repo folder always
+exists and holds a complete copy, old or new. Copies left by killed runs are removed (or an old
+copy put back) by the next run that writes to the same org folder.
 """
 
 from __future__ import annotations
@@ -19,8 +30,11 @@ from typing import Iterator, Protocol
 
 import yaml
 
-from factory.atomic import atomic_dir
+from factory.atomic import atomic_dir, remove_stale, remove_stale_in
 from factory.errors import FactoryError, HubUnreachable, UserError, first_line
+from factory.locks import hold
+from factory.redact import scrub
+from factory.safepath import segment
 
 GITATTRIBUTES = ".gitattributes"  # the Hub adds it to every repo; not part of a build
 
@@ -49,6 +63,7 @@ class Pushed:
     tag: str | None
     deleted: list[str] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)  # what the upload already hashed, by repo path
+    unchanged: bool = False  # the target already held exactly these files: nothing changed there
 
 
 class Target(Protocol):
@@ -61,11 +76,20 @@ class Target(Protocol):
                 private: bool, head: str | None) -> Pushed: ...
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None: ...
     def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]: ...
+    def lock(self, repo_id: str): ...
 
 
 def target_for(to: str | None) -> Target:
-    """`--to DIR`: a local folder; otherwise the Hub at HF_ENDPOINT (default huggingface.co)."""
-    return LocalFolder(Path(to)) if to else Hub()
+    """`--to DIR`: a local folder; otherwise (no --to) the Hub at HF_ENDPOINT (default huggingface.co).
+    An empty --to is bad input, not the Hub: a script whose variable came out empty must not publish."""
+    if to is None:
+        return Hub()
+    if not to.strip():
+        raise UserError("--to is empty: give a folder to publish to (leave the option out for the Hub)")
+    root = Path(to)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--to {to}: is a file, not a folder")
+    return LocalFolder(root)
 
 
 # ---------------------------------------------------------------- the Hub
@@ -73,6 +97,9 @@ def target_for(to: str | None) -> Target:
 
 class Hub:
     def __init__(self) -> None:
+        from factory.net import configure_hub_client
+
+        configure_hub_client()  # timeouts and bounded retries on every call (factory.net)
         from huggingface_hub import HfApi, constants, get_token
 
         self.endpoint = constants.ENDPOINT
@@ -89,6 +116,15 @@ class Hub:
     def location(self, repo_id: str) -> str:
         return f"{self.endpoint}/{repo_id}"
 
+    def lock(self, repo_id: str):
+        """This machine's lock on one Hub repo (runs elsewhere are kept apart by the commit's parent)."""
+        import hashlib
+
+        from factory.models import cache_root
+
+        key = hashlib.sha256(f"{self.endpoint}/{repo_id}".encode()).hexdigest()[:16]
+        return hold(cache_root() / "locks" / f"hub-{key}.lock", f"{repo_id} on {self.endpoint}")
+
     def default_org(self) -> str:
         if self._org is None:
             if not self._token:
@@ -101,7 +137,9 @@ class Hub:
     def lookup(self, repo_id: str) -> RemoteBuild | None:
         try:
             with hub_errors("read", repo_id):
-                info = self.api.model_info(repo_id)
+                from factory.net import hub_timeout
+
+                info = self.api.model_info(repo_id, timeout=hub_timeout())  # it passes timeout=None otherwise
         except _NotFound:  # hub_errors maps "repository not found" on a read to this
             return None
         data = info.card_data.to_dict() if info.card_data is not None else {}
@@ -132,7 +170,10 @@ class Hub:
         self.ensure_tag(repo_id, tag, commit.oid)
         hashed = {op.path_in_repo: op.upload_info.sha256.hex() for op in operations
                   if isinstance(op, CommitOperationAdd)}
-        return Pushed(repo_id, str(url), commit.oid, tag, stale, hashed)
+        # huggingface_hub drops files the repo already holds unchanged and makes no empty commit:
+        # the commit it returns is then the head we started from.
+        unchanged = head is not None and commit.oid == head
+        return Pushed(repo_id, str(url), commit.oid, tag, stale, hashed, unchanged=unchanged)
 
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:
         if not self._token or commit is None:
@@ -147,8 +188,8 @@ class Hub:
                 self.api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"factory build {tag}",
                                     exist_ok=True)
         except (FactoryError, HfHubHTTPError) as exc:
-            raise FactoryError(f"{repo_id}: commit {commit[:12]} is published, but tagging it failed ({exc}); "
-                               "run again to add the tag") from None
+            raise FactoryError(f"{repo_id}: commit {commit[:12]} is published, but tagging it failed "
+                               f"({first_line(exc)}); run again to add the tag") from None
 
     def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]:
         from huggingface_hub.hf_api import RepoFile
@@ -178,6 +219,14 @@ def hub_errors(action: str, repo_id: str) -> Iterator[None]:
         raise
 
 
+# What a failed call means for the target: only a failed write can say that nothing was published.
+WRITES = ("create", "upload to")
+
+
+def _after(action: str) -> str:
+    return "nothing was published; run again" if action in WRITES else "run again"
+
+
 def _one_line_error(exc: BaseException | None, action: str, where: str) -> Exception | None:
     import httpx
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
@@ -198,16 +247,23 @@ def _one_line_error(exc: BaseException | None, action: str, where: str) -> Excep
         if status in (400, 409, 412, 422):
             return UserError(f"cannot {action}{where}: the Hub refused (HTTP {status}: {_server_message(exc)})")
         return FactoryError(f"cannot {action}{where}: the Hub answered HTTP {status} ({_server_message(exc)}); "
-                            "nothing was published; run again")
-    if isinstance(exc, (httpx.HTTPError, ConnectionError, TimeoutError)):
+                            f"{_after(action)}")
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+        from factory.net import hub_retries, hub_timeout
+
+        return HubUnreachable(f"cannot {action}{where}: the Hub did not answer within {hub_timeout():g} s "
+                              f"({type(exc).__name__}, {1 + hub_retries()} tries; FACTORY_HUB_TIMEOUT, "
+                              f"FACTORY_HUB_RETRIES); {_after(action)}")
+    if isinstance(exc, (httpx.HTTPError, ConnectionError)):
         return HubUnreachable(f"cannot {action}{where}: the Hub did not answer ({type(exc).__name__}); "
-                              "nothing was published; run again")
+                              f"{_after(action)}")
     return None
 
 
 def _server_message(exc) -> str:
+    """The server's own words, one line, without any credential it may have echoed."""
     message = getattr(exc, "server_message", None) or str(exc)
-    return first_line(message)[:200]
+    return scrub(first_line(message))[:200]
 
 
 # ---------------------------------------------------------------- a local folder
@@ -227,7 +283,15 @@ class LocalFolder:
         return str(self._dir(repo_id))
 
     def _dir(self, repo_id: str) -> Path:
-        return self.root / repo_id
+        """<root>/<org>/<name>: both parts checked, so no repo id reaches outside the root."""
+        parts = repo_id.split("/") if isinstance(repo_id, str) else []
+        if len(parts) != 2:
+            raise UserError(f"repo id {repo_id!r}: must be 'namespace/name'")
+        return self.root / segment(parts[0], f"repo id {repo_id!r}") / segment(parts[1], f"repo id {repo_id!r}")
+
+    def lock(self, repo_id: str):
+        org, name = self._dir(repo_id).parts[-2:]
+        return hold(self.root / ".locks" / f"{org}--{name}.lock", f"{repo_id} in {self.root}")
 
     def lookup(self, repo_id: str) -> RemoteBuild | None:
         readme = self._dir(repo_id) / "README.md"
@@ -239,13 +303,23 @@ class LocalFolder:
     def publish(self, repo_id: str, files: dict[str, Path], message: str, description: str, tag: str,
                 private: bool, head: str | None) -> Pushed:
         final = self._dir(repo_id)
-        held = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()} if final.is_dir() else set()
-        deleted = sorted(held - set(files))  # names only: listing() would hash every old file
-        with atomic_dir(final, prefix=".") as partial:
-            for path, local in files.items():
-                (partial / path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(local, partial / path)
-        return Pushed(repo_id, str(final), None, None, deleted)
+        with self.lock(repo_id):
+            # What killed runs left: this repo's copies (all of them: we hold its lock), and the copies
+            # of dead processes beside the other repos of the org.
+            remove_stale(final, ".", owned=True)
+            remove_stale_in(final.parent, ".")
+            held = {str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()} if final.is_dir() else set()
+            deleted = sorted(held - set(files))  # names only: listing() would hash every old file
+            hashed: dict[str, str] = {}
+            unchanged = held == set(files) and all(
+                (final / path).stat().st_size == local.stat().st_size
+                and sha256_file(final / path) == hashed.setdefault(path, sha256_file(local))
+                for path, local in sorted(files.items()))
+            with atomic_dir(final, prefix=".", owned=True) as partial:
+                for path, local in files.items():
+                    (partial / path).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(local, partial / path)
+        return Pushed(repo_id, str(final), None, None, deleted, hashed, unchanged=unchanged)
 
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:
         return None  # a folder has no refs

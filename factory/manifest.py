@@ -69,5 +69,8 @@ class Manifest(BaseModel):
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+        from factory.redact import scrub
+
+        # No credential reaches the file, whatever an error message carried (factory.redact).
+        tmp.write_text(scrub(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)) + "\n")
         os.replace(tmp, path)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from factory.atomic import atomic_dir
 from factory.errors import HubUnreachable, UserError, first_line
+from factory.safepath import check_revision, inside, segment
 
 if TYPE_CHECKING:
     from factory.recipe import ModelEntry
@@ -49,8 +50,16 @@ def weights_size(path: Path) -> int:
 
 
 def slug(model_id: str) -> str:
-    """Folder name for a model id: `meta-llama/Meta-Llama-3-8B` -> `meta-llama--Meta-Llama-3-8B`."""
-    return model_id.replace("/", "--")
+    """Folder name for a model id: `meta-llama/Meta-Llama-3-8B` -> `meta-llama--Meta-Llama-3-8B`.
+
+    Refused (one line) unless every part of the id is one safe folder name: a slug is a path part
+    (builds/<recipe>/<slug>, base-evals/<slug>, models--<slug> in the Hugging Face cache)."""
+    parts = model_id.split("/") if isinstance(model_id, str) else [model_id]
+    if len(parts) > 2:
+        raise UserError(f"model id {model_id!r}: at most one '/' (org/name)")
+    for part in parts:
+        segment(part, f"model id {model_id!r}")
+    return "--".join(parts)
 
 
 def source_revision(entry: ModelEntry, base_dir: Path) -> str:
@@ -101,8 +110,13 @@ def _read_local_config(entry: ModelEntry, base_dir: Path) -> dict | None:
         return _smollm2_gguf_config()
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(entry.id, "config.json", revision=entry.revision)
-    return json.loads(Path(found).read_text()) if isinstance(found, str) else None
+    slug(entry.id)  # a path part of the cache: checked before it is used as one
+    check_revision(entry.revision, f"model {entry.id}: revision")
+    try:
+        found = try_to_load_from_cache(entry.id, "config.json", revision=entry.revision)
+        return json.loads(Path(found).read_text()) if isinstance(found, str) else None
+    except (ValueError, OSError):  # a config check is best effort (HFValidationError is a ValueError)
+        return None
 
 
 # ---------------------------------------------------------------- the Hub
@@ -113,35 +127,57 @@ COMMIT = re.compile(r"[0-9a-f]{40}")
 @functools.cache
 def resolve_hub_revision(model_id: str, revision: str) -> str:
     """A branch or tag -> its commit: from the Hub, or offline from the local Hugging Face cache."""
+    check_revision(revision, f"model {model_id}: revision")  # it becomes a path below: checked first
     if COMMIT.fullmatch(revision):
         return revision
     from huggingface_hub import constants
 
-    cached = Path(constants.HF_HUB_CACHE) / f"models--{model_id.replace('/', '--')}" / "refs" / revision
+    from factory.net import configure_hub_client
+
+    configure_hub_client()
+    repo_cache = inside(Path(constants.HF_HUB_CACHE), f"models--{slug(model_id)}", what=f"model {model_id}")
+    cached = inside(repo_cache, "refs", *revision.split("/"), what=f"model {model_id}: revision")
     if constants.is_offline_mode():
-        if cached.is_file():
-            return cached.read_text().strip()
+        if _cached_commit(cached):
+            return _cached_commit(cached)
         raise UserError(f"model {model_id}: revision {revision!r} is not in the local Hugging Face cache and "
                         "the Hub is off (HF_HUB_OFFLINE); pin a commit or go online")
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    import httpx
+
+    from factory.net import hub_timeout
+
     try:
-        return HfApi().model_info(model_id, revision=revision).sha
+        return HfApi().model_info(model_id, revision=revision, timeout=hub_timeout()).sha
     except RevisionNotFoundError:
         raise UserError(f"model {model_id}: revision {revision!r} not found on the Hub") from None
     except RepositoryNotFoundError:
         raise UserError(f"model {model_id}: not found on the Hub (check the id, or set HF_TOKEN for a "
                         "gated or private repo)") from None
-    except (HfHubHTTPError, OSError) as exc:
-        if cached.is_file():
-            return cached.read_text().strip()
+    except (HfHubHTTPError, OSError, httpx.HTTPError) as exc:  # no answer: the cache may know the ref
+        if _cached_commit(cached):
+            return _cached_commit(cached)
         raise HubUnreachable(f"model {model_id}: could not resolve revision {revision!r} "
                              f"({type(exc).__name__}: {first_line(exc)[:200]})") from None
 
 
+def _cached_commit(ref_file: Path) -> str | None:
+    """The commit a ref file of the Hugging Face cache names; None unless it holds exactly one commit."""
+    try:
+        text = ref_file.read_text(encoding="ascii", errors="replace").strip() if ref_file.is_file() else ""
+    except OSError:
+        return None
+    return text if COMMIT.fullmatch(text) else None
+
+
 def _hub_snapshot(entry: ModelEntry, commit: str) -> Path:
     from huggingface_hub import snapshot_download
+
+    from factory.net import configure_hub_client
+
+    configure_hub_client()
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,

@@ -3,24 +3,29 @@
 fresh: it does; stale: it holds an older build, and the card metadata says why (recipe settings,
 calibration data, base revision, library versions, evaluation); missing: no repo, or a repo that
 holds no factory build. Only recipe files and the targets' metadata are read: no model loads.
+
+`github_base_matrix` lists the base evaluations that planned builds would share through a store
+(`publish.base_evals`): one small job per base model, which the rebuild workflow runs before the
+build fan-out, so that every build finds the base scores in the store instead of measuring them.
 """
 
 from __future__ import annotations
 
-import glob
 import json
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from factory.build import Build
-from factory.errors import UserError
 from factory.fingerprint import factory_metadata
 from factory.hub import RemoteBuild, Target
 from factory.push import resolve_repo_id
-from factory.recipe import load_recipe
+from factory.recipe import Recipe, load_recipe
+from factory.recipe_paths import DEFAULT_PATTERN
+from factory.recipe_paths import recipe_files as expand_recipe_paths
 
-DEFAULT_PATTERN = "recipes/*.yaml"
 
 
 @dataclass
@@ -36,15 +41,8 @@ class PlanRow:
 
 
 def recipe_files(patterns: list[str]) -> list[str]:
-    """Recipe paths and globs -> files; a pattern matching nothing is bad input."""
-    files: list[str] = []
-    for pattern in patterns or [DEFAULT_PATTERN]:
-        matched = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        matched = [m for m in matched if Path(m).is_file()]
-        if not matched:
-            raise UserError(f"no recipe file matches {pattern!r}")
-        files += [m for m in matched if m not in files]
-    return files
+    """Recipe files, folders and globs -> files, as `validate` takes them (factory.recipe_paths)."""
+    return expand_recipe_paths(patterns, DEFAULT_PATTERN)
 
 
 def plan(patterns: list[str], target: Target, root: Path, org: str | None = None) -> list[PlanRow]:
@@ -55,9 +53,41 @@ def plan(patterns: list[str], target: Target, root: Path, org: str | None = None
             build = Build(recipe, entry, root)
             builds.append((path, build, resolve_repo_id(build, target, org)))
     # Metadata reads are small and independent: ask for them side by side.
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        remotes = list(pool.map(lambda item: target.lookup(item[2]), builds))
+    remotes = lookups(target, [repo for _, _, repo in builds])
     return [compare(path, build, repo, remote) for (path, build, repo), remote in zip(builds, remotes)]
+
+
+def lookups(target: Target, repos: list[str], workers: int = 8) -> list[RemoteBuild | None]:
+    """target.lookup of every repo, up to `workers` at once, in daemon threads: Ctrl-C (or the first
+    error) returns at once, without waiting for calls still in flight (each has its own timeout,
+    factory.net), and a hung call never keeps the process from exiting."""
+    if not repos:
+        return []
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for index, repo in enumerate(repos):
+        todo.put((index, repo))
+    done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def worker() -> None:
+        while True:
+            try:
+                index, repo = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                done.put((index, target.lookup(repo), None))
+            except BaseException as exc:  # handed to the main thread, raised there
+                done.put((index, None, exc))
+
+    for _ in range(min(workers, len(repos))):
+        threading.Thread(target=worker, name="factory-plan-lookup", daemon=True).start()
+    results: list[RemoteBuild | None] = [None] * len(repos)
+    for _ in repos:
+        index, remote, error = done.get()  # interruptible: Ctrl-C raises here
+        if error is not None:
+            raise error
+        results[index] = remote
+    return results
 
 
 def compare(path: str, build: Build, repo: str, remote: RemoteBuild | None) -> PlanRow:
@@ -114,6 +144,37 @@ def github_matrix(rows: list[PlanRow], include_fresh: bool = False) -> str:
     include = [{"recipe": r.recipe, "model": r.model, "status": r.status, "reason": r.reason}
                for r in to_builds(rows, include_fresh)]
     return json.dumps({"include": include}, separators=(",", ":"))
+
+
+def base_jobs(rows: list[PlanRow], include_fresh: bool = False, check_store: bool = True) -> list[dict]:
+    """One entry per base evaluation that two or more planned builds share through a store and that
+    the store does not hold yet: the recipe and model of its first build, the store and the file."""
+    from factory.base_store import base_identity, store_has, store_path
+    from factory.evaluate.plan import EvalPlan
+
+    groups: dict[tuple[str, str], list[PlanRow]] = {}
+    recipes: dict[str, Recipe] = {}
+    for row in to_builds(rows, include_fresh):
+        if row.recipe not in recipes:
+            recipes[row.recipe] = load_recipe(row.recipe)
+        recipe = recipes[row.recipe]
+        store = recipe.publish.base_evals
+        if not store:
+            continue
+        entry = next(e for e in recipe.models if e.id == row.model)
+        plan = EvalPlan.for_model(recipe.evaluation, entry.kind)
+        identity = base_identity(entry, Build(recipe, entry, Path(".")).recipe_dir, plan)
+        groups.setdefault((store, store_path(identity)), []).append(row)
+    shared = [(store, path, members) for (store, path), members in groups.items() if len(members) > 1]
+    if check_store:  # one metadata read per shared base model (a few): no need to ask side by side
+        shared = [(store, path, members) for store, path, members in shared if not store_has(store, path)]
+    return [{"recipe": members[0].recipe, "model": members[0].model, "store": store, "file": path,
+             "builds": len(members)} for store, path, members in shared]
+
+
+def github_base_matrix(rows: list[PlanRow], include_fresh: bool = False) -> str:
+    """The JSON of the base jobs' `strategy.matrix` (see `base_jobs`); `{"include": []}` when none."""
+    return json.dumps({"include": base_jobs(rows, include_fresh)}, separators=(",", ":"))
 
 
 def as_json(rows: list[PlanRow]) -> str:

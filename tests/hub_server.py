@@ -22,7 +22,9 @@ hf_hub_download, snapshot_download, ...) to work against it. The formats follow 
 
 Differences from the real Hub worth knowing:
 
-* Model repos only; dataset/space URLs get 404 with a message saying so.
+* Model and dataset repos; space URLs get 404 with a message saying so. A dataset repo is served under
+  ``/api/datasets/...`` and ``/datasets/{repo}/resolve/...`` exactly as a model repo is (its info is the model
+  info's shape); the test helpers (``repo_files``, ``commits``, ...) name it ``datasets/{namespace}/{name}``.
 * A new repo gets an "initial commit" holding ``.gitattributes``, as on the Hub (so ``model_info().sha`` exists).
 * Upload mode: "lfs" for ``*.safetensors``, ``*.png``, ``*.bin``, ``*.gguf`` or files >= 10 MB, else "regular".
 * Any request carrying an unknown token gets 401 (as on the Hub); reads need no token; a private repo is visible to
@@ -287,6 +289,16 @@ class FakeHub:
 
     # ------------------------------------------------------------ state helpers (callers hold the lock)
 
+    # Dataset repos are stored under the key "datasets/{namespace}/{name}"; model repos under their id.
+
+    @staticmethod
+    def _namespace(key: str) -> str:
+        return key.removeprefix("datasets/").split("/")[0]
+
+    @staticmethod
+    def _web_path(repo: dict) -> str:
+        return ("datasets/" if repo.get("type") == "dataset" else "") + repo["id"]
+
     def _repo_or_keyerror(self, repo_id: str) -> dict:
         repo = self._find(repo_id)
         if repo is None:
@@ -436,7 +448,7 @@ class FakeHub:
         return repo
 
     def _repo_for_write(self, headers, repo_id: str) -> tuple[dict, str]:
-        user = self._writer(headers, repo_id.split("/")[0])
+        user = self._writer(headers, self._namespace(repo_id))
         repo = self._find(repo_id)
         if repo is None:
             raise HubError(404, "Repository not found", code="RepoNotFound")
@@ -481,8 +493,9 @@ class FakeHub:
         if user is None:
             raise HubError(401, "You must be authenticated to create a repo")
         repo_type = payload.get("type") or "model"
-        if repo_type != "model":
-            raise HubError(404, f"FakeHub only serves model repos; cannot create a {repo_type!r} repo")
+        if repo_type not in ("model", "dataset"):
+            raise HubError(404, f"FakeHub only serves model and dataset repos; cannot create a {repo_type!r} repo")
+        prefix = "datasets/" if repo_type == "dataset" else ""
         name, namespace = payload.get("name"), payload.get("organization") or user
         self._writer(req.headers, namespace)
         if not (_valid_repo_part(name) and _valid_repo_part(namespace)):
@@ -491,18 +504,19 @@ class FakeHub:
         repo_id = f"{namespace}/{name}"
         private = bool(payload.get("private")) or payload.get("visibility") in ("private", "protected")
         with self._lock:
-            existing = self._find(repo_id)
+            existing = self._find(prefix + repo_id)
             if existing is not None:
-                raise HubError(409, "You already created this model repo",
-                               body={"url": f"{self.url}/{existing['id']}"})
+                raise HubError(409, f"You already created this {repo_type} repo",
+                               body={"url": f"{self.url}/{self._web_path(existing)}"})
             repo = {"id": repo_id, "private": private, "createdAt": _now(), "commits": {}, "order": [],
-                    "branches": {}, "tags": {}}
+                    "branches": {}, "tags": {}, **({"type": "dataset"} if prefix else {})}
             entry = self._store_regular(GITATTRIBUTES)
             self._make_commit(repo, "main", {".gitattributes": entry}, "initial commit", "", user,
                               [".gitattributes"], [])
-            self._repos[repo_id] = repo
+            self._repos[prefix + repo_id] = repo
             self._save()
-        return {"url": f"{self.url}/{repo_id}", "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]}
+        return {"url": f"{self.url}/{prefix}{repo_id}", "name": repo_id,
+                "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]}
 
     def api_delete_repo(self, req) -> Any:
         payload = req.json()
@@ -512,11 +526,13 @@ class FakeHub:
         namespace = payload.get("organization") or user
         repo_id = f"{namespace}/{payload.get('name')}"
         self._writer(req.headers, namespace)
+        repo_type = payload.get("type") or "model"
+        key = ("datasets/" if repo_type == "dataset" else "") + repo_id
         with self._lock:
-            repo = self._find(repo_id)
-            if repo is None or (payload.get("type") or "model") != "model":
+            repo = self._find(key) if repo_type in ("model", "dataset") else None
+            if repo is None:
                 raise HubError(404, "Repository not found", code="RepoNotFound")
-            del self._repos[repo["id"]]
+            del self._repos[next(k for k, r in self._repos.items() if r is repo)]
             self._save()
         return {}
 
@@ -828,7 +844,7 @@ class FakeHub:
             deleted_list = [p for p in deleted if p in old_tree]
             oid = self._make_commit(repo, branch, tree, summary, description, user, changed_list, deleted_list)
             self._save()
-        return {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{repo['id']}/commit/{oid}",
+        return {"success": True, "commitOid": oid, "commitUrl": f"{self.url}/{self._web_path(repo)}/commit/{oid}",
                 "hookOutput": "", "pullRequestUrl": None}
 
     def api_create_tag(self, req, repo_id: str, revision: str) -> Any:
@@ -897,7 +913,8 @@ class FakeHub:
 _API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+)/([^/]+)(/.*)?$")
 _RESOLVE = re.compile(r"^/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$")
 _LFS_BATCH = re.compile(r"^/([^/]+)/([^/]+)\.git/info/lfs/objects/batch$")
-_OTHER_TYPE = re.compile(r"^/(datasets|spaces)/")
+_OTHER_TYPE = re.compile(r"^/spaces/")
+_DATASET_WEB = re.compile(r"^/datasets(/.*)$")
 
 
 def _segments(rest: str) -> list[str]:
@@ -923,8 +940,10 @@ def _route(method: str, path: str) -> tuple[str | None, Any]:
     m = _API_REPO.match(path)
     if m:
         kind, repo_id, rest = m.group(1), f"{unquote(m.group(2))}/{unquote(m.group(3))}", m.group(4) or ""
-        if kind != "models":
-            raise HubError(404, f"FakeHub only serves model repos, not {kind}", code="RepoNotFound")
+        if kind == "spaces":
+            raise HubError(404, f"FakeHub only serves model and dataset repos, not {kind}", code="RepoNotFound")
+        if kind == "datasets":
+            repo_id = "datasets/" + repo_id  # the key dataset repos are stored under
         seg = _segments(rest)
         if not seg and method == "GET":
             return "model_info", lambda hub, req: hub.api_model_info(req, repo_id, None)
@@ -948,10 +967,14 @@ def _route(method: str, path: str) -> tuple[str | None, Any]:
             return ("tag" if seg[0] == "tag" else None), lambda hub, req: fn(hub, req, repo_id, seg[1])
         raise HubError(404, f"FakeHub has no route for {method} {path}")
 
-    if path.startswith("/api/models/"):
+    if path.startswith(("/api/models/", "/api/datasets/")):
         raise HubError(404, "Repository not found (FakeHub repo ids are 'namespace/name')", code="RepoNotFound")
     if _OTHER_TYPE.match(path):
-        raise HubError(404, "FakeHub only serves model repos", code="RepoNotFound")
+        raise HubError(404, "FakeHub only serves model and dataset repos", code="RepoNotFound")
+    dataset = _DATASET_WEB.match(path)
+    if dataset:  # /datasets/{repo}/resolve/... and /datasets/{repo}.git/...: a model repo's routes, keyed "datasets/"
+        action, endpoint = _route(method, dataset.group(1))
+        return action, _in_datasets(endpoint)
     m = _LFS_BATCH.match(path)
     if m and method == "POST":
         repo_id = f"{unquote(m.group(1))}/{unquote(m.group(2))}"
@@ -962,6 +985,26 @@ def _route(method: str, path: str) -> tuple[str | None, Any]:
         revision, file_path = unquote(m.group(3)), "/".join(_segments(m.group(4)))
         return "download", lambda hub, req: hub.resolve(req, repo_id, revision, file_path)
     raise HubError(404, f"FakeHub has no route for {method} {path}")
+
+
+def _in_datasets(endpoint: Any) -> Any:
+    """A web route (resolve, LFS batch) of a model repo, applied to the dataset repo of the same id."""
+    def call(hub: FakeHub, req: "_Request") -> Any:
+        return endpoint(_DatasetView(hub), req)
+    return call
+
+
+class _DatasetView:
+    """The hub as a web route sees it for a dataset: repo ids map to the "datasets/" keys."""
+
+    def __init__(self, hub: FakeHub):
+        self._hub = hub
+
+    def resolve(self, req, repo_id: str, revision: str, path: str) -> Any:
+        return self._hub.resolve(req, "datasets/" + repo_id, revision, path)
+
+    def lfs_batch(self, req, repo_id: str) -> Any:
+        return self._hub.lfs_batch(req, "datasets/" + repo_id)
 
 
 class _Request:

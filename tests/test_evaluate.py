@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,16 @@ def _recipe(tmp_path, name, weights, model_dir, extra=EVAL):
 
 
 @pytest.fixture(scope="module")
-def two_builds(tmp_path_factory, tiny_llama):
+def base_evals(tmp_path_factory) -> Path:
+    """This module's own FACTORY_CACHE (CLI runs inherit it), so its base evaluations start from none."""
+    cache = tmp_path_factory.mktemp("eval-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACTORY_CACHE", str(cache))
+        yield cache / "base-evals" / "test--tiny"
+
+
+@pytest.fixture(scope="module")
+def two_builds(tmp_path_factory, tiny_llama, base_evals):
     """Two recipes for the same model, quantized, sharing one workdir."""
     work = tmp_path_factory.mktemp("eval")
     builds = []
@@ -39,7 +49,7 @@ def two_builds(tmp_path_factory, tiny_llama):
     return work, builds
 
 
-def test_evaluation_end_to_end_and_base_reuse(two_builds):
+def test_evaluation_end_to_end_and_base_reuse(two_builds, base_evals):
     work, (first, second) = two_builds
     logs: list[str] = []
     one = evaluate(first, log=logs.append)
@@ -61,7 +71,9 @@ def test_evaluation_end_to_end_and_base_reuse(two_builds):
     logs.clear()
     two = evaluate(second, log=logs.append)
     assert two.base_reused is True and any("reusing" in line for line in logs)
-    assert len(list((work / "base-evals" / "test--tiny").iterdir())) == 1
+    # one base evaluation, in the machine's cache (FACTORY_CACHE), none in the workdir
+    assert [p.name for p in base_evals.iterdir()] == [one.scores["base_evaluation"]] == [two.scores["base_evaluation"]]
+    assert not (work / "base-evals").exists()
 
     again = evaluate(first, log=logs.append)
     assert again.stage.skipped is True
@@ -101,7 +113,7 @@ def test_unknown_task_is_one_line_before_any_model_loads(two_builds):
     assert done.stderr.strip() == "error: evaluation.tasks: unknown lm-eval task 'no_such_task_xyz'"
 
 
-def test_task_whose_dataset_is_offline_is_one_line_and_not_cached(two_builds):
+def test_task_whose_dataset_is_offline_is_one_line_and_not_cached(two_builds, base_evals):
     work, (first, _) = two_builds
     recipe = first.recipe.source_path.with_name("offline-task.yaml")
     recipe.write_text(first.recipe.source_path.read_text().replace(
@@ -110,7 +122,7 @@ def test_task_whose_dataset_is_offline_is_one_line_and_not_cached(two_builds):
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("error: evaluation: a task's dataset is not available")
     assert "Traceback" not in done.stderr
-    for cached in (work / "base-evals" / "test--tiny").iterdir():
+    for cached in base_evals.iterdir():
         assert ".partial-" not in cached.name
         assert json.loads((cached / "metrics.json").read_text())  # only complete entries
 

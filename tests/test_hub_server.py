@@ -115,9 +115,41 @@ def test_invalid_repo_name_is_400(hub):
     r = httpx.post(f"{hub.url}/api/repos/create", json={"name": "bad--name", "type": "model"},
                    headers={"authorization": f"Bearer {hub.token}"})
     assert r.status_code == 400 and "Invalid repo name" in r.json()["error"]
-    r = httpx.post(f"{hub.url}/api/repos/create", json={"name": "ds", "type": "dataset"},
+    r = httpx.post(f"{hub.url}/api/repos/create", json={"name": "sp", "type": "space"},
                    headers={"authorization": f"Bearer {hub.token}"})
-    assert r.status_code == 404 and "model repos" in r.json()["error"]
+    assert r.status_code == 404 and "model and dataset repos" in r.json()["error"]
+
+
+def test_dataset_repos_beside_model_repos(hub, api, weights, tmp_path):
+    """A dataset repo (what `publish.base_evals` names) and a model repo of the same id stay apart."""
+    url = api.create_repo("tester/evals", repo_type="dataset")
+    assert (url.repo_id, url.repo_type, str(url)) == ("tester/evals", "dataset", f"{hub.url}/datasets/tester/evals")
+    assert api.create_repo("tester/evals", repo_type="dataset", exist_ok=True).repo_type == "dataset"
+    api.create_repo("tester/evals")  # a model repo with the same name is another repo
+    head = api.dataset_info("tester/evals").sha
+    info = api.create_commit("tester/evals", [CommitOperationAdd("m/a.json", b'{"a": 1}\n'),
+                                              CommitOperationAdd("m/w.safetensors", weights)],
+                             commit_message="add", repo_type="dataset", parent_commit=head)
+    assert f"/datasets/tester/evals/commit/{info.oid}" in info.commit_url
+    assert ("POST", "/datasets/tester/evals.git/info/lfs/objects/batch") in hub.requests
+    assert hub.repo_files("datasets/tester/evals") == {".gitattributes": GITATTRIBUTES, "m/a.json": b'{"a": 1}\n',
+                                                       "m/w.safetensors": weights}
+    assert hub.repo_files("tester/evals") == {".gitattributes": GITATTRIBUTES}
+    assert [p.path for p in api.get_paths_info("tester/evals", ["m/a.json", "m/b.json"], repo_type="dataset")] \
+        == ["m/a.json"]
+    local = hf_hub_download("tester/evals", "m/a.json", repo_type="dataset", endpoint=hub.url, token=hub.token,
+                            cache_dir=tmp_path / "cache")
+    assert Path(local).read_bytes() == b'{"a": 1}\n'
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("tester/evals", "m/b.json", repo_type="dataset", endpoint=hub.url, token=hub.token,
+                        cache_dir=tmp_path / "cache")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("tester/nothing", "m/a.json", repo_type="dataset", endpoint=hub.url, token=hub.token,
+                        cache_dir=tmp_path / "cache")
+    with pytest.raises(HfHubHTTPError) as exc:  # a stale parent: someone else committed meanwhile
+        api.create_commit("tester/evals", [CommitOperationAdd("m/c.json", b"{}")], commit_message="late",
+                          repo_type="dataset", parent_commit=head)
+    assert exc.value.response.status_code == 412
 
 
 def test_commit_info_tags_tree_and_downloads(hub, api, weights, tmp_path):

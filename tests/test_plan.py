@@ -122,7 +122,7 @@ def test_rebuild_continues_past_a_failing_build(hub, published, tmp_path):
     work, recipe = published
     failing = recipe.with_name("gptq-fails.yaml")
     failing.write_text(recipe.read_text().replace("name: rtn-4bit", "name: gptq-fails").replace(
-        "method: rtn", "method: gptq\ncalibration: {source: demo, samples: 2, seq_len: 1000000}"))
+        "method: rtn", "method: gptq\ncalibration: {source: demo, samples: 2, seq_len: 131072}"))
     done = factory(hub, "rebuild", str(failing), str(recipe), "--workdir", str(work), "--org", "rebuild-org")
     assert done.returncode == 1
     assert "calibration: the text has" in done.stderr and "Traceback" not in done.stderr

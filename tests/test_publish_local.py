@@ -13,7 +13,7 @@ from factory.card import card
 from factory.errors import RecipeInvalid, UserError
 from factory.hub import LocalFolder, card_metadata
 from factory.publish import publish
-from factory.push import GatesFailed, push
+from factory.push import GatesFailed, local_paths, push
 from factory.recipe import load_recipe
 
 EVAL = "evaluation: {suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}"
@@ -77,8 +77,11 @@ def test_card_metadata_is_valid_for_the_hub(published):
     assert "| Task | Metric | Base | This model | Recovery |" in text
     assert "rtn-8bit" in text and "![Mean recovery of each build](comparison.png)" in text  # the sibling
     assert "smoke" in text and "arXiv:2404.14047" in text
-    assert build.recipe.source_path.read_text().strip() in text  # the exact recipe
-    assert f"factory publish {build.recipe.source_path} --model test/tiny" in text
+    # The exact recipe and the command that reproduces it, as published: no local path (factory.push).
+    published_paths = local_paths(build)
+    assert published_paths.scrub(build.recipe.source_path.read_text().strip()) in text
+    assert f"factory publish {published_paths.scrub(str(build.recipe.source_path))} --model test/tiny" in text
+    assert str(work) not in text
     assert "\n\n\n" not in text.split("---", 2)[2]  # template whitespace under control
     png = (work / "hub" / "tester" / "tiny-rtn-4bit" / "recovery.png").read_bytes()
     assert png.startswith(b"\x89PNG")

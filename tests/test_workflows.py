@@ -198,4 +198,29 @@ def test_hf_token_comes_from_secrets_only(rebuild):
     tokens = [(where, value) for where, key, value in _walk(rebuild) if key == "HF_TOKEN"]
     assert tokens and all(value == "${{ secrets.HF_TOKEN }}" for _, value in tokens), tokens
     jobs_with_token = {where[1] for where, _ in tokens}
-    assert jobs_with_token == {"plan", "build"}
+    assert jobs_with_token == {"plan", "base", "build"}
+
+
+def test_base_job_evaluates_shared_base_models_before_the_builds(rebuild):
+    """One `factory evaluate-base` job per base model that builds share through a store, before the fan-out."""
+    plan, base, build = (rebuild["jobs"][name] for name in ("plan", "base", "build"))
+    assert set(plan["outputs"]) >= {"bases", "base_count"}
+    assert "--format github-base-matrix" in "\n".join(s.get("run", "") for s in plan["steps"])
+    assert base["needs"] in ("plan", ["plan"]) and "needs.plan.outputs.base_count" in base["if"]
+    assert re.fullmatch(r"\$\{\{\s*fromJSON\(needs\.plan\.outputs\.bases\)\s*\}\}", base["strategy"]["matrix"])
+    assert base["runs-on"] == build["runs-on"] and base["strategy"]["fail-fast"] is False
+    assert base["concurrency"]["cancel-in-progress"] is False
+    (step,) = [s for s in base["steps"] if "factory evaluate-base" in s.get("run", "")]
+    assert 'factory evaluate-base "$RECIPE" --model "$MODEL"' in step["run"]
+    assert step["env"]["RECIPE"] == "${{ matrix.recipe }}" and step["env"]["MODEL"] == "${{ matrix.model }}"
+    # The builds wait for the base jobs, run when there are none (skipped), and when one failed.
+    assert set(build["needs"]) == {"plan", "base"}
+    assert "!cancelled()" in build["if"] and "needs.plan.result == 'success'" in build["if"]
+
+
+def test_caches_live_in_the_runner_home_not_the_checkout(rebuild):
+    """actions/checkout cleans the workspace: the Hugging Face cache and FACTORY_CACHE must be elsewhere."""
+    cache_variables = {"HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "XDG_CACHE_HOME", "FACTORY_CACHE"}
+    assert not [(where, key) for where, key, _ in _walk(rebuild) if key in cache_variables]
+    scripts = "\n".join(step.get("run", "") for _, step in _steps(rebuild))
+    assert not any(f"{name}=" in scripts for name in cache_variables)

@@ -1,8 +1,10 @@
 """The evaluate stage: a build's artifact -> builds/<recipe>/<model>/eval/.
 
 The build and its base model are measured with the same plan (harness tasks plus the
-paper-protocol perplexity); the base model's figures are cached once per (model revision,
-plan, library versions) in <workdir>/base-evals/ and reused by every recipe for that model.
+paper-protocol perplexity); the base model's figures are measured once per (model revision,
+plan, library versions) and reused by every recipe for that model: from this machine's cache
+(<FACTORY_CACHE>/base-evals/, kept between jobs and workdirs) or from the fleet's store, a Hub
+dataset repo the recipe names in `publish.base_evals` (factory.base_store).
 eval/ holds the harness's raw output, metrics.json and scores.json (base, build, recovery).
 Gates are checked after the stage, so changing a gate never re-runs an evaluation.
 """
@@ -16,20 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.artifact import Artifact
-from factory.atomic import atomic_dir
+from factory.base_store import METRICS_FORMAT as METRICS_FORMAT  # the layout of metrics.json
+from factory.base_store import BaseFigures, base_identity, obtain
 from factory.build import Build, StageResult, run_stage
 from factory.errors import UserError
 from factory.evaluate import lm_eval_adapter
 from factory.evaluate.perplexity import dataset_tokens, perplexity
 from factory.evaluate.plan import BUNDLED_TASKS, EvalPlan
 from factory.evaluate.scores import check_gates, compare
-from factory.fingerprint import digest, evaluation_fingerprint, library_versions
-from factory.models import fetch_base, slug, source_revision
+from factory.fingerprint import evaluation_fingerprint, library_versions
+from factory.models import fetch_base
 
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.json"
-# metrics.json's layout; part of the base-evaluation cache key, so an older layout is never read
-METRICS_FORMAT = 2
 
 
 def _adapter(harness: str):
@@ -46,18 +47,25 @@ class Evaluated:
     scores: dict
     gate_failures: list[str]
     base_reused: bool
+    base_source: str = "measured"  # cache (this machine), store (the fleet's), measured (here)
 
 
-def evaluate(build: Build, log=print) -> Evaluated:
-    build.require("artifact")
+def _checked_plan(build: Build):
     plan = EvalPlan.for_model(build.recipe.evaluation, build.entry.kind)
     if plan.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise UserError("evaluation.backend: vllm is not installed here (it needs a GPU); use backend: hf")
     adapter = _adapter(plan.harness)
     if plan.tasks:
         adapter.check_tasks(plan.tasks)
+    return plan, adapter
 
-    base_dir, reused = evaluate_base(build, plan, adapter, log)
+
+def evaluate(build: Build, log=print) -> Evaluated:
+    build.require("artifact")
+    plan, adapter = _checked_plan(build)
+
+    base = base_figures(build, plan, adapter, log)
+    base_dir = base.path
     artifact = build.artifact()
 
     def work(out: Path) -> dict:
@@ -77,23 +85,31 @@ def evaluate(build: Build, log=print) -> Evaluated:
     scores = json.loads((stage.output / SCORES_FILE).read_text())
     failures = check_gates(scores, build.recipe.evaluation.gates)
     build.record_gates(failures)
-    return Evaluated(stage, scores, failures, reused)
+    return Evaluated(stage, scores, failures, base.reused, base.source)
+
+
+def evaluate_base_model(build: Build, log=print) -> BaseFigures:
+    """Only the base model's figures for this build's plan (`factory evaluate-base`): from this
+    machine's cache or the store, else measured here, cached and pushed to the store. No build needed."""
+    plan, adapter = _checked_plan(build)
+    return base_figures(build, plan, adapter, log)
+
+
+def base_figures(build: Build, plan: EvalPlan, adapter, log) -> BaseFigures:
+    """The base model's figures for this plan (factory.base_store): cache, store, or measured once."""
+    def measure_base(out: Path) -> None:
+        base = fetch_base(build.entry, build.recipe_dir)
+        measure(plan, adapter, Artifact("checkpoint", base.path), out)
+
+    publish = build.recipe.publish
+    return obtain(base_identity(build.entry, build.recipe_dir, plan), publish.base_evals, measure_base, log,
+                  private=publish.private)
 
 
 def evaluate_base(build: Build, plan: EvalPlan, adapter, log) -> tuple[Path, bool]:
-    """The base model's figures for this plan: from the cache, or measured once and cached."""
-    identity = {"model": build.entry.id, "revision": source_revision(build.entry, build.recipe_dir),
-                "plan": plan.settings(), "libraries": library_versions(), "metrics_format": METRICS_FORMAT}
-    target = build.root / "base-evals" / slug(build.entry.id) / digest(identity)
-    if (target / METRICS_FILE).is_file():
-        log(f"  base model: reusing its evaluation from {target}")
-        return target, True
-    log(f"  base model: evaluating once for this plan (cached in {target})")
-    with atomic_dir(target) as partial:
-        base = fetch_base(build.entry, build.recipe_dir)
-        measure(plan, adapter, Artifact("checkpoint", base.path), partial)
-        (partial / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-    return target, False
+    """The base model's figures for this plan and whether they were reused (not measured now)."""
+    base = base_figures(build, plan, adapter, log)
+    return base.path, base.reused
 
 
 def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
