@@ -31,7 +31,7 @@ demo: $(VENV)/.installed
 	$(BIN)/factory publish recipes/demo-smollm2-gptq-4bit.yaml --to hub
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # Re-resolve every lock from pyproject.toml and locks/*.in. To upgrade one package only:
 #   make lock UPGRADE='--upgrade-package transformers'

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     heldout = REPO / "factory" / "data" / "demo_heldout.txt"
     figures: dict = {"load_start": os.getloadavg()[0], "cpus": os.cpu_count(), "builds": {}}
     base = run_child("base", [sys.executable, "-c", PERPLEXITY, "base", str(heldout)], work / "base.log", env, cwd=REPO)
-    figures["base_perplexity"] = base.result["perplexity"]
+    figures["base_perplexity"] = base.extra["perplexity"]
     for name in names:
         recipe = work / f"{name}.yaml"
         recipe.write_text(f"name: {name}\n{BUILDS[name]}\n{CAL}\n{MODEL}\n")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         ppl = run_child(f"{name} ppl", [sys.executable, "-c", PERPLEXITY, str(build / "model"), str(heldout)],
                         work / f"{name}-ppl.log", env, cwd=REPO)
         figures["builds"][name] = {"wall_s": run.wall_s, "peak_rss_mb": run.peak_rss_mb,
-                                   "perplexity": ppl.result["perplexity"],
+                                   "perplexity": ppl.extra["perplexity"],
                                    "effective_bits": stage.get("effective_bits"), "paper_bits": stage.get("paper_bits"),
                                    "format": stage.get("format")}
         print(f"{name}: {figures['builds'][name]}", flush=True)
