@@ -70,7 +70,7 @@ def _write_vocab(model_dir: Path, out: Path) -> Path:
     import gguf
     from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
 
-    from factory.methods.gguf import llama_cpp_vocab
+    from factory.methods.gguf_vocab import llama_cpp_vocab
 
     conversion = get_conversion(model_dir)
     cls = conversion.get_model_class("LlamaForCausalLM")
