@@ -65,6 +65,28 @@ def test_shipped_gguf_recipes_resolve_to_their_types():
     assert ids == ["meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-70B"]
 
 
+def test_every_offered_type_is_one_auto_round_writes():
+    from auto_round.export.export_to_gguf.config import GGUF_CONFIG
+
+    from factory.methods.gguf import TYPES
+
+    assert {f"gguf:{t.lower()}" for t in TYPES} <= set(GGUF_CONFIG)
+
+
+def test_gguf_card_says_how_to_run_it_and_that_transformers_dequantizes():
+    from factory.methods import get_method
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "demo-smollm2-gguf-q4km.yaml", check_model_configs=False)
+    settings = recipe.effective(recipe.models[0])
+    facts = get_method("gguf").card_facts(settings)
+    assert "llama-cli -hf {repo_id}:Q4_K_M" in facts.serve_note
+    assert "ollama run hf.co/{repo_id}:Q4_K_M" in facts.serve_note
+    assert "dequantizes the weights" in facts.load_note
+    assert facts.library_name == "gguf" and "gguf" in facts.tags
+    assert settings.scheme_label == "Q4_K_M"
+
+
 def _write_vocab(model_dir: Path, out: Path) -> Path:
     """Only the tokenizer part of a GGUF, through llama.cpp's converter (as the build writes it)."""
     import gguf
@@ -161,7 +183,10 @@ def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     gguf_tokenizer = artifact.preprocessor("causal-lm")
     gguf_ids = gguf_tokenizer(text)["input_ids"]
     assert gguf_ids == base_ids
-    assert gguf_tokenizer.eos_token_id == 2 and gguf_tokenizer.bos_token_id == 1
+    assert gguf_tokenizer.bos_token_id == 1
+    # The file says EOS is <|im_end|> (2); transformers 5.17's GGUF tokenizer converter reads BOS's id for EOS
+    # (integrations/ggml.py, GGUFGPTConverter), so the EOS is checked in the file, as llama.cpp reads it.
+    assert _fields(build.model_dir / artifact.gguf_file)["tokenizer.ggml.eos_token_id"] == 2
 
     seq_len, windows = 512, 4
     model = artifact.load("causal-lm", dtype=torch.float32).eval()
