@@ -2,6 +2,8 @@
 
 checkpoint  model/ is a whole checkpoint (compressed-tensors, bitsandbytes, simulated bf16).
 adapter     model/ is a peft adapter over the base checkpoint (LoRA fine-tuning).
+gguf        model/ holds one .gguf file (weights and tokenizer); transformers loads it with `gguf_file=`
+            and dequantizes the weights on load, so it is evaluated through the file alone.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class Artifact:
-    kind: Literal["checkpoint", "adapter"]
+    kind: Literal["checkpoint", "adapter", "gguf"]
     path: Path
     base_path: Path | None = None  # the base checkpoint the build was made from
 
@@ -22,11 +24,40 @@ class Artifact:
         base = record.get("base_model_path") if record is not None else None
         return cls(kind, path, Path(base) if base else None)
 
+    @property
+    def gguf_file(self) -> str | None:
+        """The name of the GGUF file in `path` (gguf artifacts only)."""
+        if self.kind != "gguf":
+            return None
+        found = sorted(p.name for p in self.path.glob("*.gguf"))
+        if len(found) != 1:
+            raise RuntimeError(f"{self.path}: expected one .gguf file, found {len(found)}")
+        return found[0]
+
+    @property
+    def loaded_as(self) -> str | None:
+        """How evaluation loads it, where that differs from how a user runs it."""
+        if self.kind == "gguf":
+            return "GGUF file through transformers (gguf_file=), weights dequantized on load"
+        return None
+
     def harness_model_args(self) -> dict[str, str]:
         """lm-eval / lmms-eval `hf` model arguments that load this artifact."""
         if self.kind == "adapter":
             return {"pretrained": str(self.base_path), "peft": str(self.path)}
+        if self.kind == "gguf":
+            return {"pretrained": str(self.path), "gguf_file": self.gguf_file}
         return {"pretrained": str(self.path)}
+
+    def preprocessor(self, model_kind: str):
+        """The tokenizer (or processor) that comes with the artifact: the GGUF's own for a GGUF."""
+        from factory.loading import load_preprocessor
+
+        if self.kind == "gguf":
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(self.path, gguf_file=self.gguf_file)
+        return load_preprocessor(model_kind, self.path)
 
     def load(self, model_kind: str, **kwargs):
         """The model, as a user would load it (base + adapter for an adapter)."""
@@ -37,6 +68,8 @@ class Artifact:
             from peft import PeftModel
 
             return PeftModel.from_pretrained(cls.from_pretrained(self.base_path, **kwargs), self.path)
+        if self.kind == "gguf":
+            return cls.from_pretrained(self.path, gguf_file=self.gguf_file, **kwargs)
         return cls.from_pretrained(self.path, **kwargs)
 
     def upload_files(self) -> dict[str, Path]:

@@ -94,10 +94,10 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling]) ->
                    metric_name=row["metric"] + (" (smoke evaluation)" if scores.get("smoke") else ""))
         for row in rows if row["quantized"] is not None
     ]
-    tags = [s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory", *facts.tags,
-            *(["llava-next"] if entry.kind == "llava-next" else [])]
+    tags = list(dict.fromkeys([s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory", *facts.tags,
+                               *(["llava-next"] if entry.kind == "llava-next" else [])]))
     data = ModelCardData(
-        base_model=entry.id, library_name="transformers", pipeline_tag=kind_task, license=base_license(build),
+        base_model=entry.id, library_name=facts.library_name, pipeline_tag=kind_task, license=base_license(build),
         tags=tags, model_name=repo_id.split("/")[-1], eval_results=eval_results or None,
         base_model_relation="quantized", factory=factory_metadata(build),
     )

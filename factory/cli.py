@@ -518,7 +518,9 @@ def score_table(scores: dict) -> str:
              for r in score_rows(scores)]
     mean = scores.get("mean_recovery")
     note = " (smoke evaluation: bundled sets, not benchmark figures)" if scores.get("smoke") else ""
-    return _table(rows) + f"\nmean recovery: {_num(mean, '{:.3f}')}{note}"
+    loaded = scores.get("harness", {}).get("loaded_as")
+    loaded = f"\nevaluated as: {loaded}" if loaded else ""
+    return _table(rows) + f"\nmean recovery: {_num(mean, '{:.3f}')}{note}{loaded}"
 
 
 def _num(value, fmt: str = "{:.4g}") -> str:

@@ -45,8 +45,8 @@ class BaseModel:
 
 
 def weights_size(path: Path) -> int:
-    """Bytes of safetensors weights under `path` (what "size on disk" compares)."""
-    return sum(f.stat().st_size for f in path.rglob("*.safetensors"))
+    """Bytes of weights under `path`, safetensors or GGUF (what "size on disk" compares)."""
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.gguf") for f in path.rglob(pattern))
 
 
 def slug(model_id: str) -> str:
@@ -242,6 +242,16 @@ def _smollm2_gguf_config() -> dict | None:
         return {"hidden_size": field("llama.embedding_length"),
                 "intermediate_size": field("llama.feed_forward_length")}
     except Exception:  # a config check is best effort; the quantize stage reports real errors
+        return None
+
+
+def gguf_origin(path: Path) -> Path | None:
+    """The GGUF file a base checkpoint was converted from (the SmolLM2 demo's), else None."""
+    try:
+        if Path(path).resolve() != _smollm2_cache_dir().resolve():
+            return None
+        return _smollm2_package_dir() / SMOLLM2_GGUF
+    except (OSError, UserError):
         return None
 
 

@@ -74,7 +74,8 @@ def evaluate(build: Build, log=print) -> Evaluated:
         scores = {
             **compare(base["metrics"], measured["metrics"], measured["higher_is_better"]),
             "harness": {"name": plan.harness, **plan.settings(), "device": _device(), "dtype": measured["dtype"],
-                        "libraries": library_versions()},
+                        "libraries": library_versions(),
+                        **({"loaded_as": artifact.loaded_as} if artifact.loaded_as else {})},
             "smoke": any(t in BUNDLED_TASKS for t in plan.tasks) or "demo" in plan.perplexity,
             "base_evaluation": base_dir.name,
         }
@@ -137,9 +138,9 @@ def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
 def paper_perplexity(plan: EvalPlan, artifact: Artifact) -> tuple[dict[str, float], str]:
     import torch
 
-    from factory.loading import compute_dtype, load_preprocessor, text_tokenizer
+    from factory.loading import compute_dtype, text_tokenizer
 
-    tokenizer = text_tokenizer(load_preprocessor(plan.kind, artifact.path))
+    tokenizer = text_tokenizer(artifact.preprocessor(plan.kind))
     model = artifact.load(plan.kind, dtype=compute_dtype(), device_map=_device()).eval()
     try:
         return ({name: perplexity(model, dataset_tokens(name, tokenizer, plan.perplexity_seq_len),

@@ -30,6 +30,7 @@ class CardFacts:
     tags: tuple[str, ...]
     load_note: str  # what loading needs
     serve_note: str  # Markdown: how to serve it, or why a runtime cannot
+    library_name: str = "transformers"  # the card's library_name (the Hub's library filter)
 
 
 class QuantMethod:
@@ -53,7 +54,7 @@ class QuantMethod:
     supported_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "llava-next")
     unsupported_kind_reason: ClassVar[str] = ""
     stage: ClassVar[str] = "quantize"  # the stage that makes the build's artifact (finetune for LoRA)
-    artifact_kind: ClassVar[Literal["checkpoint", "adapter"]] = "checkpoint"
+    artifact_kind: ClassVar[Literal["checkpoint", "adapter", "gguf"]] = "checkpoint"
     # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
     Options: ClassVar[type[BaseModel] | None] = None
 

