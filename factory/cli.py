@@ -469,12 +469,15 @@ def cmd_plan(args) -> int:
     from factory import plan as planning
     from factory.build import workdir_root
     from factory.hub import target_for
+    from factory.runners import tiers
 
+    # the runner tiers ($FACTORY_RUNNER_LABELS) are checked before any recipe is read or the Hub asked
+    runner_tiers = tiers() if args.format in ("github-matrix", "github-base-matrix") else None
     rows = planning.plan(args.recipes, target_for(args.to), workdir_root(args.workdir), args.org)
     if args.format == "github-matrix":
-        print(planning.github_matrix(rows, include_fresh=args.all))
+        print(planning.github_matrix(rows, include_fresh=args.all, runner_tiers=runner_tiers))
     elif args.format == "github-base-matrix":
-        print(planning.github_base_matrix(rows, include_fresh=args.all))
+        print(planning.github_base_matrix(rows, include_fresh=args.all, runner_tiers=runner_tiers))
     elif args.format == "json":
         print(planning.as_json(rows))
     else:

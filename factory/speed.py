@@ -55,6 +55,7 @@ RUNTIME_LIBRARIES = {"transformers": (), "vllm": ("vllm",), "llama.cpp": ("llama
 # What serves the weights packed, said in the card beside a runtime that decompresses them.
 PACKED_RUNTIME = "vLLM (compressed-tensors W4A16/W8A16 through its Marlin kernels, W8A8 through its int8/fp8 kernels)"
 WORKER_TIMEOUT_S = 6 * 3600
+REPEATS = 2  # each figure is the best of this many runs
 
 
 # ---------------------------------------------------------------- runtimes
@@ -147,7 +148,8 @@ def speed(build: Build, log=print) -> StageResult:
         measured = run_measurement(runtime, build.entry.kind, artifact, settings)
         base, source = base_speed(build, runtime, device, log)
         result = {"format": SPEED_FORMAT, "runtime": runtime, "device": device,
-                  "settings": settings.model_dump(mode="json"), "prompt": "random token ids, greedy decoding",
+                  "settings": settings.model_dump(mode="json"), "repeats": REPEATS,
+                  "prompt": "random token ids, greedy decoding",
                   "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]),
                   "build": measured, "base": base, "base_source": source}
         result["weights_note"] = weights_note(result)
@@ -284,17 +286,31 @@ def _measure_transformers(request: dict) -> dict:
     vocab = text_config.vocab_size
     generate = model.generate
 
-    def run(batch: int, new: int) -> float:
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Clock(StoppingCriteria):
+        """Called by generate after each new token: the first call ends the prefill (the prompt's
+        forward pass and its token), the last one the decoding of the others."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def run(batch: int, new: int) -> tuple[float, float]:
         ids = _token_ids(vocab, batch, s["prompt_tokens"]).to(device)
+        clock = Clock()
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.inference_mode():
             generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                     do_sample=False, pad_token_id=0)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+                     do_sample=False, pad_token_id=0, stopping_criteria=StoppingCriteriaList([clock]))
+        return clock.times[0] - t, clock.times[-1] - clock.times[0]
 
     run(1, 2)  # warm-up: kernels, allocator, and whatever a runtime does on the first forward pass
     # compressed-tensors leaves a checkpoint packed at load and decompresses it on the first forward
@@ -302,19 +318,23 @@ def _measure_transformers(request: dict) -> dict:
     running = _weights(model)
     batches = []
     for batch in s["batch_sizes"]:
-        prefill_s = run(batch, 1)  # the prompt's forward pass and one token
-        total_s = run(batch, s["new_tokens"])
-        decode_s = max(total_s - prefill_s, 1e-9)
+        runs = [run(batch, s["new_tokens"]) for _ in range(REPEATS)]
+        prefill_s, decode_s = min(r[0] for r in runs), min(r[1] for r in runs)  # the best of REPEATS
         batches.append({
-            "batch_size": batch, "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
+            "batch_size": batch, "prefill_s": round(prefill_s, 4), "decode_s": round(decode_s, 4),
             "prefill_tokens_per_s": round(batch * s["prompt_tokens"] / prefill_s, 1),
-            "decode_tokens_per_s": round(batch * (s["new_tokens"] - 1) / decode_s, 1) if s["new_tokens"] > 1 else None,
+            "decode_tokens_per_s": round(batch * (s["new_tokens"] - 1) / decode_s, 1),
         })
     return {"runtime": "transformers", "device": device, "load_s": round(load_s, 3),
             "weights_at_load_mb": at_load["mb"], "weights_mb": running["mb"],
             "weights_in_memory": "packed" if running["packed"] else "dense",
             "quantized_checkpoint": quantized_checkpoint, "dtype": running["dtype"],
             "peak_gpu_mb": peak_gpu_mb(), "rss_before_load_mb": rss_before, "batches": batches}
+
+
+def _rate(tokens: int, seconds: float) -> float | None:
+    """tokens/s, or None where the difference of two timings is lost in their noise."""
+    return round(tokens / seconds, 1) if seconds > 0 else None
 
 
 def _import_model_code(artifact, kind: str) -> None:
@@ -372,7 +392,7 @@ def _measure_vllm(request: dict) -> dict:  # pragma: no cover - needs vLLM and a
         prefill_s, total_s = run(batch, 1), run(batch, s["new_tokens"])
         batches.append({"batch_size": batch, "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
                         "prefill_tokens_per_s": round(batch * s["prompt_tokens"] / prefill_s, 1),
-                        "decode_tokens_per_s": round(batch * (s["new_tokens"] - 1) / max(total_s - prefill_s, 1e-9), 1)})
+                        "decode_tokens_per_s": _rate(batch * (s["new_tokens"] - 1), total_s - prefill_s)})
     return {"runtime": "vllm", "device": "cuda", "load_s": round(load_s, 3), "weights_mb": None,
             "weights_in_memory": "packed", "quantized_checkpoint": None, "dtype": "auto",
             "peak_gpu_mb": round((free_before - free_after) / 2**20, 1), "gpu_total_mb": round(total / 2**20, 1),
@@ -408,7 +428,7 @@ def _measure_llama_cpp(request: dict) -> dict:  # pragma: no cover - needs llama
         prefill_s, total_s = run(1), run(s["new_tokens"])
         batches.append({"batch_size": 1, "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
                         "prefill_tokens_per_s": round(s["prompt_tokens"] / prefill_s, 1),
-                        "decode_tokens_per_s": round((s["new_tokens"] - 1) / max(total_s - prefill_s, 1e-9), 1)})
+                        "decode_tokens_per_s": _rate(s["new_tokens"] - 1, total_s - prefill_s)})
     return {"runtime": "llama.cpp", "device": "cuda" if gpu else "cpu", "load_s": round(load_s, 3),
             "weights_mb": round(files[0].stat().st_size / 2**20, 1), "weights_in_memory": "packed",
             "quantized_checkpoint": True, "dtype": files[0].name, "peak_gpu_mb": None, "rss_before_load_mb": rss_before,

@@ -128,3 +128,30 @@ def test_auto_picks_llama_cpp_for_gguf_only_when_installed(tmp_path, monkeypatch
         speed.resolve_runtime(Speed(runtime="vllm"), artifact)
     with pytest.raises(speed.UserError, match="holds none"):
         speed.resolve_runtime(Speed(runtime="llama.cpp"), Artifact("checkpoint", tmp_path / "empty"))
+
+
+def test_placement_fits_a_70b_evaluation_to_the_runner():
+    from factory.evaluate.placement import choose
+
+    gb = 10**9
+    dense_70b = 141 * gb  # LLaMA-3-70B in bf16: what transformers holds, whatever the file's bit width
+    assert choose("hf", dense_70b, free=[]).device_map == "cpu"
+    assert choose("hf", 16 * gb, free=[80 * gb]).device_map == "cuda"
+    sharded = choose("hf", dense_70b, free=[80 * gb] * 4)
+    assert (sharded.device_map, sharded.gpus, sharded.cpu_offload) == ("auto", 4, False)
+    assert sharded.hf_model_args() == {"parallelize": True} and "sharded" in sharded.description
+    offload = choose("hf", dense_70b, free=[80 * gb])
+    assert offload.cpu_offload and "CPU offload" in offload.description
+    assert choose("vllm", dense_70b, free=[80 * gb] * 4).gpus == 4
+    assert choose("vllm", 16 * gb, free=[80 * gb] * 4).gpus == 1
+
+
+def test_dense_bytes_scales_a_packed_checkpoint_to_what_transformers_holds(tmp_path):
+    import json as _json
+
+    from factory.evaluate.placement import dense_bytes
+
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    (tmp_path / "config.json").write_text(_json.dumps({"quantization_config": {
+        "format": "pack-quantized", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}}))
+    assert dense_bytes(tmp_path) == 4000
