@@ -78,6 +78,9 @@ def fit(points: list[tuple[int, float | None]]) -> dict:
         return {"per_layer": v / d, "overhead": None, "at_80_layers": v * FULL_LAYERS / d}
     (d1, v1), (d2, v2) = points[0], points[-1]
     per_layer = (v2 - v1) / (d2 - d1)
+    if per_layer <= 0:  # the deeper run was not slower: noise swamps the per-layer cost at this size
+        return {"per_layer": v2 / d2, "overhead": None, "at_80_layers": v2 * FULL_LAYERS / d2,
+                "note": f"no growth from {d1} to {d2} layers (noise); the deepest run scaled: an upper bound"}
     overhead = v1 - per_layer * d1
     return {"per_layer": per_layer, "overhead": overhead, "at_80_layers": overhead + per_layer * FULL_LAYERS}
 
