@@ -252,13 +252,17 @@ def measure_in_process(request: dict) -> dict:
     return result
 
 
-def _token_ids(vocab_size: int, batch: int, length: int, seed: int = 0):
+def _token_ids(vocab_size: int, batch: int, length: int, seed: int = 0, avoid: int | None = None):
+    """Random prompt ids, away from the ends of the vocabulary (where special tokens usually sit) and
+    never `avoid` (LLaVA-Next's image token, which would ask for image features)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    # away from the ends of the vocabulary, where special tokens usually sit
     low, high = min(16, vocab_size // 4), max(vocab_size - 16, vocab_size * 3 // 4)
-    return torch.randint(low, high, (batch, length), generator=generator)
+    ids = torch.randint(low, high, (batch, length), generator=generator)
+    if avoid is not None:
+        ids[ids == avoid] = low if avoid != low else low + 1
+    return ids
 
 
 def _measure_transformers(request: dict) -> dict:
@@ -284,6 +288,7 @@ def _measure_transformers(request: dict) -> dict:
     text_config = getattr(config, "text_config", None) or config
     quantized_checkpoint = getattr(config, "quantization_config", None) is not None
     vocab = text_config.vocab_size
+    image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
     generate = model.generate
 
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -302,7 +307,7 @@ def _measure_transformers(request: dict) -> dict:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     def run(batch: int, new: int) -> tuple[float, float]:
-        ids = _token_ids(vocab, batch, s["prompt_tokens"]).to(device)
+        ids = _token_ids(vocab, batch, s["prompt_tokens"], avoid=image_token).to(device)
         clock = Clock()
         if device == "cuda":
             torch.cuda.synchronize()

@@ -155,3 +155,15 @@ def test_dense_bytes_scales_a_packed_checkpoint_to_what_transformers_holds(tmp_p
     (tmp_path / "config.json").write_text(_json.dumps({"quantization_config": {
         "format": "pack-quantized", "config_groups": {"group_0": {"weights": {"num_bits": 4}}}}}))
     assert dense_bytes(tmp_path) == 4000
+
+
+def test_llava_next_speed_runs_text_only_prompts(tmp_path, tiny_llava):
+    from factory.artifact import Artifact
+    from factory.recipe import Speed
+    from factory.speed import _token_ids, run_measurement
+
+    assert (_token_ids(64, 4, 200) == 20).any() and not (_token_ids(64, 4, 200, avoid=20) == 20).any()
+    measured = run_measurement("transformers", "llava-next", Artifact("checkpoint", tiny_llava),
+                               Speed(batch_sizes=[2], prompt_tokens=16, new_tokens=3))
+    assert measured["weights_in_memory"] == "dense" and not measured["quantized_checkpoint"]
+    assert measured["batches"][0]["decode_tokens_per_s"] > 0
