@@ -51,12 +51,16 @@ def card(build: Build, repo_id: str) -> StageResult:
     evaluated = build.stage_dir("evaluate")
     manifest = build.manifest()
     siblings = find_siblings(build)
+    speed_record = manifest.stage("speed")
+    speed_file = build.stage_dir("speed") / "speed.json"
+    measured_speed = speed_record is not None and speed_record.status == "done" and speed_file.is_file()
     template = TEMPLATES / TEMPLATE
     if not template.is_file():
         raise UserError(f"model card template missing: {template}")
     inputs = {
         "build": build.fingerprint(),
         "evaluation": manifest.stages["evaluate"].fingerprint,
+        "speed": speed_record.fingerprint if measured_speed else None,
         "gates": manifest.gates.model_dump() if manifest.gates else None,
         "repo_id": repo_id,
         "siblings": [s.__dict__ for s in siblings],
@@ -71,7 +75,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         plot_recovery(scores, out / RECOVERY_PLOT)
         if siblings:
             plot_comparison(build, scores, siblings, out / COMPARISON_PLOT)
-        text = render(build, repo_id, scores, siblings)
+        speed = json.loads(speed_file.read_text()) if measured_speed else None
+        text = render(build, repo_id, scores, siblings, speed)
         check_card(text)
         (out / CARD_FILE).write_text(text, encoding="utf-8")
         return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
@@ -79,7 +84,7 @@ def card(build: Build, repo_id: str) -> StageResult:
     return run_stage(build, "card", work, fingerprint=fingerprint)
 
 
-def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling]) -> str:
+def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], speed: dict | None = None) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     s, entry = build.settings, build.entry
@@ -112,6 +117,9 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling]) ->
         "libraries": {**build.fingerprint_inputs["libraries"], "lm-eval/lmms-eval": scores.get("harness", {}).get("harness_version")},
         "fingerprint": publish_fingerprint(build), "citation": CITATION, "pct": _pct, "mb": _mb,
         "recovery_plot": RECOVERY_PLOT, "comparison_plot": COMPARISON_PLOT,
+        "speed": speed, "speed_rows": speed_rows(speed) if speed else [],
+        "num": lambda v: "-" if v is None else f"{v:,.1f}", "sec": lambda v: "-" if v is None else f"{v:.2f} s",
+        "mbv": lambda v: "-" if v is None else f"{v:,.0f} MB",
     }
     # ModelCard.from_template's plain jinja2.Template keeps a blank line per {% %} line, which
     # breaks Markdown tables; the same rendering with trim_blocks does not.
@@ -120,6 +128,20 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling]) ->
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return str(ModelCard(env.get_template(TEMPLATE).render(card_data=data.to_yaml(), **context)))
+
+
+def speed_rows(speed: dict) -> list[dict]:
+    """One row per (model, batch size) of speed.json, build first; None where not measured."""
+    rows = []
+    for who in ("build", "base"):
+        figures = speed.get(who) or {}
+        for batch in figures.get("batches", []):
+            rows.append({"who": "this build" if who == "build" else "base model", "batch": batch["batch_size"],
+                         "prefill": batch.get("prefill_tokens_per_s"), "decode": batch.get("decode_tokens_per_s"),
+                         "load_s": figures.get("load_s"), "weights_mb": figures.get("weights_mb"),
+                         "peak_rss_mb": figures.get("peak_rss_mb"), "peak_gpu_mb": figures.get("peak_gpu_mb"),
+                         "memory": figures.get("weights_in_memory")})
+    return rows
 
 
 def check_card(text: str) -> None:

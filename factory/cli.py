@@ -223,6 +223,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model id from the recipe")
     p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
     p.set_defaults(run=cmd_evaluate_base)
+    p = sub.add_parser("speed", parents=[common],
+                       help="speed and memory of each build and its base model in the runtime a user would use")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="only this model id from the recipe")
+    p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
+    p.set_defaults(run=cmd_speed)
 
     def target_options(p, writes: bool = True) -> None:
         p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
@@ -385,6 +391,29 @@ def cmd_evaluate_base(args) -> int:
     return 0
 
 
+def cmd_speed(args) -> int:
+    from factory.speed import SPEED_FILE, speed
+
+    for build in _builds(args):
+        print(f"speed {build.recipe.name} / {build.entry.id}", flush=True)
+        result = speed(build)
+        figures = json.loads((result.output / SPEED_FILE).read_text())
+        if result.skipped:
+            print(f"  skipped: {result.output} is already measured with these settings")
+        rows = [("model", "batch", "prefill tok/s", "decode tok/s", "load s", "weights MB", "peak RSS MB")]
+        for who in ("build", "base"):
+            f = figures[who]
+            for b in f["batches"]:
+                rows.append((who, str(b["batch_size"]), _num(b.get("prefill_tokens_per_s"), "{:.1f}"),
+                             _num(b.get("decode_tokens_per_s"), "{:.1f}"), _num(f.get("load_s"), "{:.2f}"),
+                             _num(f.get("weights_mb"), "{:.1f}"), _num(f.get("peak_rss_mb"), "{:.0f}")))
+        print(f"  runtime {figures['runtime']} on {figures['device']}")
+        print(_table(rows))
+        print(f"  note: {figures['weights_note']}")
+        print(f"  figures: {result.output / SPEED_FILE}")
+    return 0
+
+
 def _builds(args):
     """The recipe's builds this command applies to (validated first)."""
     from factory.build import Build, workdir_root
@@ -440,12 +469,15 @@ def cmd_plan(args) -> int:
     from factory import plan as planning
     from factory.build import workdir_root
     from factory.hub import target_for
+    from factory.runners import tiers
 
+    # the runner tiers ($FACTORY_RUNNER_LABELS) are checked before any recipe is read or the Hub asked
+    runner_tiers = tiers() if args.format in ("github-matrix", "github-base-matrix") else None
     rows = planning.plan(args.recipes, target_for(args.to), workdir_root(args.workdir), args.org)
     if args.format == "github-matrix":
-        print(planning.github_matrix(rows, include_fresh=args.all))
+        print(planning.github_matrix(rows, include_fresh=args.all, runner_tiers=runner_tiers))
     elif args.format == "github-base-matrix":
-        print(planning.github_base_matrix(rows, include_fresh=args.all))
+        print(planning.github_base_matrix(rows, include_fresh=args.all, runner_tiers=runner_tiers))
     elif args.format == "json":
         print(planning.as_json(rows))
     else:

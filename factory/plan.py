@@ -25,6 +25,7 @@ from factory.push import resolve_repo_id
 from factory.recipe import Recipe, load_recipe
 from factory.recipe_paths import DEFAULT_PATTERN
 from factory.recipe_paths import recipe_files as expand_recipe_paths
+from factory.runners import Tier, model_params_b, runner_for, tiers
 
 
 
@@ -38,6 +39,7 @@ class PlanRow:
     reason: str
     fingerprint: str
     remote_fingerprint: str | None
+    params_b: float | None = None  # the model's size, billions of parameters (factory.runners)
 
 
 def recipe_files(patterns: list[str]) -> list[str]:
@@ -54,7 +56,14 @@ def plan(patterns: list[str], target: Target, root: Path, org: str | None = None
             builds.append((path, build, resolve_repo_id(build, target, org)))
     # Metadata reads are small and independent: ask for them side by side.
     remotes = lookups(target, [repo for _, _, repo in builds])
-    return [compare(path, build, repo, remote) for (path, build, repo), remote in zip(builds, remotes)]
+    rows = [compare(path, build, repo, remote) for (path, build, repo), remote in zip(builds, remotes)]
+    sizes: dict[tuple[str, str], float | None] = {}
+    for row, (_, build, _) in zip(rows, builds):
+        key = (row.model, str(build.recipe_dir))
+        if key not in sizes:
+            sizes[key] = model_params_b(build.entry, build.recipe_dir)
+        row.params_b = None if sizes[key] is None else round(sizes[key], 3)
+    return rows
 
 
 def lookups(target: Target, repos: list[str], workers: int = 8) -> list[RemoteBuild | None]:
@@ -139,16 +148,27 @@ def to_builds(rows: list[PlanRow], include_fresh: bool = False) -> list[PlanRow]
     return [r for r in rows if include_fresh or r.status != "fresh"]
 
 
-def github_matrix(rows: list[PlanRow], include_fresh: bool = False) -> str:
-    """The JSON a GitHub Actions `strategy.matrix` takes: one entry per build to (re)build."""
-    include = [{"recipe": r.recipe, "model": r.model, "status": r.status, "reason": r.reason}
-               for r in to_builds(rows, include_fresh)]
+def runner_fields(params_b: float | None, available: dict[str, Tier]) -> dict:
+    """A matrix entry's runner: the labels its job's `runs-on` takes, the tier's name and the model's size."""
+    name, tier = runner_for(params_b, available)
+    return {"runner": tier.labels, "runner_tier": name, "params_b": params_b}
+
+
+def github_matrix(rows: list[PlanRow], include_fresh: bool = False, runner_tiers: dict[str, Tier] | None = None) -> str:
+    """The JSON a GitHub Actions `strategy.matrix` takes: one entry per build to (re)build, with the
+    runner labels its model's size needs (factory.runners)."""
+    available = runner_tiers if runner_tiers is not None else tiers()
+    include = [{"recipe": r.recipe, "model": r.model, "status": r.status, "reason": r.reason,
+                **runner_fields(r.params_b, available)} for r in to_builds(rows, include_fresh)]
     return json.dumps({"include": include}, separators=(",", ":"))
 
 
-def base_jobs(rows: list[PlanRow], include_fresh: bool = False, check_store: bool = True) -> list[dict]:
+def base_jobs(rows: list[PlanRow], include_fresh: bool = False, check_store: bool = True,
+              runner_tiers: dict[str, Tier] | None = None) -> list[dict]:
     """One entry per base evaluation that two or more planned builds share through a store and that
-    the store does not hold yet: the recipe and model of its first build, the store and the file."""
+    the store does not hold yet: the recipe and model of its first build, the store and the file, and
+    the runner its model's size needs."""
+    available = runner_tiers if runner_tiers is not None else tiers()
     from factory.base_store import base_identity, store_has, store_path
     from factory.evaluate.plan import EvalPlan
 
@@ -169,12 +189,14 @@ def base_jobs(rows: list[PlanRow], include_fresh: bool = False, check_store: boo
     if check_store:  # one metadata read per shared base model (a few): no need to ask side by side
         shared = [(store, path, members) for store, path, members in shared if not store_has(store, path)]
     return [{"recipe": members[0].recipe, "model": members[0].model, "store": store, "file": path,
-             "builds": len(members)} for store, path, members in shared]
+             "builds": len(members), **runner_fields(members[0].params_b, available)}
+            for store, path, members in shared]
 
 
-def github_base_matrix(rows: list[PlanRow], include_fresh: bool = False) -> str:
+def github_base_matrix(rows: list[PlanRow], include_fresh: bool = False,
+                       runner_tiers: dict[str, Tier] | None = None) -> str:
     """The JSON of the base jobs' `strategy.matrix` (see `base_jobs`); `{"include": []}` when none."""
-    return json.dumps({"include": base_jobs(rows, include_fresh)}, separators=(",", ":"))
+    return json.dumps({"include": base_jobs(rows, include_fresh, runner_tiers=runner_tiers)}, separators=(",", ":"))
 
 
 def as_json(rows: list[PlanRow]) -> str:

@@ -1,4 +1,4 @@
-"""`publish` = quantize -> evaluate -> card -> push for one build, reusing finished stages."""
+"""`publish` = quantize -> evaluate -> speed (unless the recipe turns it off) -> card -> push for one build, reusing finished stages."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from factory.evaluate import Evaluated, evaluate
 from factory.hub import Target
 from factory.push import PushResult, push, resolve_repo_id
 from factory.quantize import quantize
+from factory.speed import check_runtime, speed
 
 
 @dataclass
@@ -25,12 +26,18 @@ def publish(build: Build, target: Target, org: str | None = None, dry_run: bool 
     repo = resolve_repo_id(build, target, org)
     if hasattr(target, "require_token") and not dry_run:
         target.require_token()
+    if build.recipe.evaluation.speed.enabled:
+        check_runtime(build.recipe.evaluation.speed)  # a runtime that is not installed: one line, before any work
     quantized = quantize(build)
     log("  quantize: " + ("reused the finished build" if quantized.skipped
                           else f"done in {quantized.record.wall_time_s:.1f} s"))
     evaluated = evaluate(build, log=log)
     log("  evaluate: " + ("reused the finished evaluation" if evaluated.stage.skipped else "done")
         + (f", mean recovery {evaluated.scores['mean_recovery']:.3f}" if evaluated.scores.get("mean_recovery") is not None else ""))
+    if build.recipe.evaluation.speed.enabled:
+        measured = speed(build, log=log)
+        log("  speed: " + ("reused the finished measurement" if measured.skipped
+                           else f"measured in {measured.record.get('runtime')}"))
     rendered = card(build, repo)
     log(f"  card: {rendered.output / 'README.md'}" + (" (unchanged)" if rendered.skipped else ""))
     pushed = push(build, target, repo, dry_run=dry_run, force=force, log=log)  # refuses failed gates unless forced

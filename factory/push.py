@@ -70,7 +70,15 @@ def upload_files(build: Build) -> dict[str, Path]:
     for name in EVAL_FILES:
         if (build.stage_dir("evaluate") / name).is_file():
             files[f"evaluation/{name}"] = build.stage_dir("evaluate") / name
+    speed = build.stage_dir("speed") / "speed.json"
+    if _done(build, "speed") and speed.is_file():
+        files["evaluation/speed.json"] = speed
     return without_local_paths(build, files)
+
+
+def _done(build: Build, stage: str) -> bool:
+    record = build.manifest().stage(stage)
+    return record is not None and record.status == "done"
 
 
 def local_paths(build: Build) -> LocalPaths:

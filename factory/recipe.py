@@ -121,6 +121,19 @@ class Gates(Gate):
 PerplexityDataset = Literal["wikitext2", "c4", "ptb", "demo"]
 
 
+class Speed(Strict):
+    """Speed and memory of the build and its base model in the runtime a user would use (factory.speed)."""
+
+    enabled: bool = Field(True, description="Measure speed and memory (the `speed` stage; shown in the card).")
+    batch_sizes: list[Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]] = Field(
+        [1, 16], min_length=1, max_length=8, description="Batch sizes to measure prefill and decode at.")
+    prompt_tokens: int = Field(512, gt=0, le=MAX_SEQ_LEN, description="Prompt length, in tokens (random token ids).")
+    new_tokens: int = Field(128, ge=2, le=MAX_SEQ_LEN, description="Tokens decoded greedily after each prompt.")
+    runtime: Literal["auto", "transformers", "vllm", "llama.cpp"] = Field(
+        "auto", description="auto: llama.cpp for a GGUF build when installed, vLLM on a GPU when installed, "
+        "else transformers. Naming a runtime that is not installed here is an error.")
+
+
 class Evaluation(Strict):
     suite: Literal["paper", "smoke"] = Field(
         "paper", description="paper: the paper's tasks (need the Hub's datasets); smoke: small sets bundled "
@@ -137,6 +150,7 @@ class Evaluation(Strict):
     num_fewshot: int = Field(0, ge=0, le=MAX_FEWSHOT, description="Few-shot examples (the paper: 0).")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Harness seed (sampling of few-shot examples, bootstrap).")
     gates: Gates | None = None
+    speed: Speed = Speed()
 
 
 REPO_TEMPLATE_FIELDS = ("org", "model", "recipe", "method", "METHOD", "bits", "group", "scheme")

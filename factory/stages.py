@@ -2,6 +2,7 @@
 
 quantize | finetune -> the build's artifact (model/): a checkpoint, or a base + adapter
 evaluate            -> eval/   (needs the artifact)
+speed               -> speed/  (needs the artifact; the card shows it when it ran)
 card                -> card/   (needs the artifact and the evaluation)
 push                -> a repo on the Hub or a local folder (needs all three)
 
@@ -26,6 +27,7 @@ STAGES: dict[str, Stage] = {
     "quantize": Stage("quantize", (), "model", "not quantized yet"),
     "finetune": Stage("finetune", (), "model", "not fine-tuned yet"),
     "evaluate": Stage("evaluate", ("artifact",), "eval", "not evaluated yet"),
+    "speed": Stage("speed", ("artifact",), "speed", "not measured for speed yet"),
     "card": Stage("card", ("artifact", "evaluate"), "card", "no model card yet"),
     "push": Stage("push", ("artifact", "evaluate", "card"), None, "not pushed yet"),
 }

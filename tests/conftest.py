@@ -26,6 +26,15 @@ def pytest_collection_modifyitems(config, items):
     """Import and lock checks first: a broken environment fails in seconds, not after a model run."""
     first = ("test_imports.py", "test_locks.py")
     items.sort(key=lambda item: 0 if item.path.name in first else 1)
+    # The GPU tier (tests marked `gpu`, bench/gpu_check.sh) needs a CUDA device; without one it is skipped.
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            skip = pytest.mark.skip(reason="GPU tier: no CUDA device here")
+            for item in gpu_tests:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

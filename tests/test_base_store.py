@@ -297,8 +297,11 @@ def test_plan_lists_one_base_job_per_shared_base_model(tmp_path, tiny_llama, sto
     recipe = load_recipe(paths[0])
     entry = recipe.models[0]
     identity = base_identity(entry, recipe.source_path.parent, EvalPlan.for_model(recipe.evaluation, entry.kind))
-    assert base_matrix() == [{"recipe": str(paths[0]), "model": "test/tiny", "store": store,
-                              "file": store_path(identity), "builds": 3}]  # test/other: one build, no base job
+    [job] = base_matrix()  # test/other: one build, no base job
+    assert job == {"recipe": str(paths[0]), "model": "test/tiny", "store": store, "file": store_path(identity),
+                   "builds": 3, "runner": ["self-hosted", "linux", "gpu-80gb"], "runner_tier": "gpu-80gb",
+                   "params_b": job["params_b"]}  # the base job runs where its model's builds run
+    assert job["params_b"] < 0.01
     assert str(single) not in json.dumps(base_matrix())
     assert push_store(store, identity, METRICS, print) is True
     assert base_matrix() == []

@@ -52,12 +52,27 @@ def test_github_matrix_lists_what_to_build(hub, published):
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.strip().splitlines()) == 1  # one line, as `echo "matrix=..." >> $GITHUB_OUTPUT` needs
     matrix = json.loads(done.stdout)
-    assert matrix == {"include": [{"recipe": str(other), "model": "test/tiny", "status": "missing",
-                                   "reason": "no such repo"}]}
+    # test/tiny's config is on disk: its size (a few thousand parameters) puts it on the smallest runner
+    small = {"runner": ["self-hosted", "linux", "gpu-80gb"], "runner_tier": "gpu-80gb"}
+    [entry] = matrix["include"]
+    assert entry["params_b"] < 0.01
+    assert entry == {"recipe": str(other), "model": "test/tiny", "status": "missing", "reason": "no such repo",
+                     "params_b": entry["params_b"], **small}
     everything = json.loads(factory(hub, "plan", pattern, "--workdir", str(work), "--org", "plan-org",
                                     "--format", "github-matrix", "--all").stdout)
     assert [e["status"] for e in everything["include"]] == ["fresh", "missing"]
-    assert set(everything["include"][0]) == {"recipe", "model", "status", "reason"}
+    assert set(everything["include"][0]) == {"recipe", "model", "status", "reason", "runner", "runner_tier",
+                                             "params_b"}
+
+    # the runner tiers come from a repository variable; text that is not JSON is one line, exit 2
+    bad = factory(hub, "plan", pattern, "--workdir", str(work), "--org", "plan-org", "--format", "github-matrix",
+                  env={"FACTORY_RUNNER_LABELS": "{gpu: [self-hosted"})
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "FACTORY_RUNNER_LABELS is not valid JSON" in bad.stderr
+    tiers = '{"any": {"up_to_b": null, "labels": ["self-hosted", "big-box"]}}'
+    custom = json.loads(factory(hub, "plan", pattern, "--workdir", str(work), "--org", "plan-org",
+                                "--format", "github-matrix", env={"FACTORY_RUNNER_LABELS": tiers}).stdout)
+    assert custom["include"][0]["runner"] == ["self-hosted", "big-box"]
 
     markdown = factory(hub, "plan", pattern, "--workdir", str(work), "--org", "plan-org", "--format", "markdown")
     assert "| recipe | model | repo | status | reason |" in markdown.stdout

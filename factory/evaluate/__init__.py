@@ -22,7 +22,7 @@ from factory.base_store import METRICS_FORMAT as METRICS_FORMAT  # the layout of
 from factory.base_store import BaseFigures, base_identity, obtain
 from factory.build import Build, StageResult, run_stage
 from factory.errors import UserError
-from factory.evaluate import lm_eval_adapter
+from factory.evaluate import lm_eval_adapter, placement
 from factory.evaluate.perplexity import dataset_tokens, perplexity
 from factory.evaluate.plan import BUNDLED_TASKS, EvalPlan
 from factory.evaluate.scores import check_gates, compare
@@ -74,13 +74,15 @@ def evaluate(build: Build, log=print) -> Evaluated:
         scores = {
             **compare(base["metrics"], measured["metrics"], measured["higher_is_better"]),
             "harness": {"name": plan.harness, **plan.settings(), "device": _device(), "dtype": measured["dtype"],
+                        "placement": measured["placement"]["description"],
                         "libraries": library_versions(),
                         **({"loaded_as": artifact.loaded_as} if artifact.loaded_as else {})},
             "smoke": any(t in BUNDLED_TASKS for t in plan.tasks) or "demo" in plan.perplexity,
             "base_evaluation": base_dir.name,
         }
         (out / SCORES_FILE).write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
-        return {"mean_recovery": scores["mean_recovery"], "plan_key": plan.key(), "base_evaluation": str(base_dir)}
+        return {"mean_recovery": scores["mean_recovery"], "plan_key": plan.key(), "base_evaluation": str(base_dir),
+                "placement": measured["placement"]["description"]}
 
     stage = run_stage(build, "evaluate", work, fingerprint=evaluation_fingerprint(build))
     scores = json.loads((stage.output / SCORES_FILE).read_text())
@@ -117,12 +119,14 @@ def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
     """Harness tasks plus paper-protocol perplexity; writes metrics.json and returns it:
     {"metrics": {task: {metric: value}}, "higher_is_better": {task: {metric: bool}}, "dtype": ...}."""
     started = time.time()
-    result = {"metrics": {}, "higher_is_better": {}, "dtype": None}
+    where = placement.choose(plan.backend, placement.dense_bytes(
+        artifact.base_path if artifact.kind == "adapter" and artifact.base_path else artifact.path))
+    result = {"metrics": {}, "higher_is_better": {}, "dtype": None, "placement": where.record()}
     if plan.tasks:
-        measured = adapter.run(plan, artifact, out, _device())
+        measured = adapter.run(plan, artifact, out, _device(), where)
         result.update(metrics=measured.metrics, higher_is_better=measured.higher_is_better, dtype=measured.dtype)
     if plan.perplexity:
-        ppl, dtype = paper_perplexity(plan, artifact)
+        ppl, dtype = paper_perplexity(plan, artifact, where)
         (out / "perplexity.json").write_text(json.dumps(
             {"protocol": f"non-overlapping {plan.perplexity_seq_len}-token windows (Huang et al. 2024)",
              "perplexity": ppl}, indent=2) + "\n")
@@ -135,13 +139,16 @@ def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
     return result
 
 
-def paper_perplexity(plan: EvalPlan, artifact: Artifact) -> tuple[dict[str, float], str]:
+def paper_perplexity(plan: EvalPlan, artifact: Artifact, where: "placement.Placement | None" = None
+                     ) -> tuple[dict[str, float], str]:
     import torch
 
     from factory.loading import compute_dtype, text_tokenizer
 
     tokenizer = text_tokenizer(artifact.preprocessor(plan.kind))
-    model = artifact.load(plan.kind, dtype=compute_dtype(), device_map=_device()).eval()
+    # the perplexity runs in transformers whatever the harness's backend; a sharded placement shards it too
+    device_map = "auto" if where is not None and where.backend == "hf" and where.device_map == "auto" else _device()
+    model = artifact.load(plan.kind, dtype=compute_dtype(), device_map=device_map).eval()
     try:
         return ({name: perplexity(model, dataset_tokens(name, tokenizer, plan.perplexity_seq_len),
                                   plan.perplexity_seq_len) for name in plan.perplexity},

@@ -53,7 +53,7 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
         raise UserError(f"evaluation.tasks: unknown lm-eval task {unknown[0]!r}")
 
 
-def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> "Measured":
+def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) -> "Measured":
     """Evaluate the build's artifact; write the harness's output to out_dir; return its figures."""
     import lm_eval
 
@@ -62,8 +62,11 @@ def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> "Measured":
     tasks = [bundled_task_config(t) if t in BUNDLED_TASKS else t for t in plan.tasks]
     if plan.backend == "vllm":
         model, args = "vllm", {**artifact.harness_model_args(), "dtype": "auto", "seed": plan.seed}
+        if placement is not None and placement.gpus > 1:
+            args["tensor_parallel_size"] = placement.gpus
     else:
-        model, args = "hf", {**artifact.harness_model_args(), "dtype": compute_dtype()}
+        model, args = "hf", {**artifact.harness_model_args(), "dtype": compute_dtype(),
+                             **(placement.hf_model_args() if placement is not None else {})}
     try:
         results = lm_eval.simple_evaluate(
             model=model, model_args=args, tasks=tasks, task_manager=task_manager(dict(args)),

@@ -55,7 +55,7 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
         raise UserError(f"evaluation.tasks: unknown lmms-eval task {unknown[0]!r}")
 
 
-def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> Measured:
+def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) -> Measured:
     from lmms_eval.evaluator import simple_evaluate
 
     from factory.loading import compute_dtype
@@ -68,9 +68,12 @@ def run(plan: EvalPlan, artifact, out_dir: Path, device: str) -> Measured:
         processor_config.is_file() and "chat_template" in json.loads(processor_config.read_text()))
     if plan.backend == "vllm":
         model, args = "vllm", f"model={model_path},dtype=auto"
+        if placement is not None and placement.gpus > 1:
+            args += f",tensor_parallel_size={placement.gpus}"
     else:
-        # transformers 5 rejects llava_hf's default device_map ""; name the device instead.
-        model, args = "llava_hf", f"pretrained={model_path},dtype={compute_dtype()},device_map={device}"
+        # transformers 5 rejects llava_hf's default device_map ""; name the device (or "auto" to shard).
+        device_map = "auto" if placement is not None and placement.device_map == "auto" else device
+        model, args = "llava_hf", f"pretrained={model_path},dtype={compute_dtype()},device_map={device_map}"
     try:
         results = simple_evaluate(
             model=model, model_args=args,

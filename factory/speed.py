@@ -1,0 +1,451 @@
+"""The speed stage: a build's artifact -> builds/<recipe>/<model>/speed/speed.json.
+
+Speed and memory of the build, and of its base model, in the runtime a user would run it with:
+load time, weights held in memory, peak memory, and prefill and decode tokens/s at each batch size
+of the recipe's `evaluation.speed` block (prompts of `prompt_tokens` random token ids, greedy
+decoding of exactly `new_tokens` tokens).
+
+Runtimes (`evaluation.speed.runtime`; `auto` picks the first that applies):
+  llama.cpp     GGUF files at the top of the artifact folder, when llama-cpp-python is installed
+                (the hook for GGUF builds: any `*.gguf` there is measured as it is; batch 1 only, its
+                Python API runs one sequence at a time)
+  vllm          a checkpoint on a CUDA GPU, when vLLM is installed: it serves compressed-tensors
+                checkpoints packed (W4A16 through its Marlin kernels)
+  transformers  otherwise. transformers decompresses a compressed-tensors checkpoint into dense
+                Linear layers when it loads it (`weights_in_memory: dense` below): no memory saving
+                in this runtime; bitsandbytes checkpoints stay packed (uint8 parameters).
+
+Asking for a runtime that is not installed (or vLLM without a GPU) is bad input: one line, exit 2.
+
+Each measurement runs in a fresh Python process (`python -m factory.speed MEASUREMENT.json`), so
+that its load time and peak memory are its own, not those of whatever ran before in this process.
+The base model's figures depend only on its identity (model, revision, settings, runtime, device,
+library versions) and are measured once per machine, cached in <FACTORY_CACHE>/base-speed/
+(written aside and renamed into place, under a file lock, like the base evaluations of
+factory.base_store).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from factory.atomic import atomic_dir
+from factory.build import Build, StageResult, run_stage
+from factory.errors import UserError, first_line
+from factory.fingerprint import BASE_LIBRARIES, digest, library_versions
+from factory.models import cache_root, fetch_base, slug, source_revision
+
+if TYPE_CHECKING:
+    from factory.artifact import Artifact
+    from factory.recipe import Speed
+
+SPEED_FILE = "speed.json"
+SPEED_FORMAT = 1  # the layout of speed.json; part of every fingerprint and cache key
+RUNTIMES = ("transformers", "vllm", "llama.cpp")
+RUNTIME_PACKAGES = {"transformers": "transformers", "vllm": "vllm", "llama.cpp": "llama_cpp"}
+RUNTIME_LIBRARIES = {"transformers": (), "vllm": ("vllm",), "llama.cpp": ("llama-cpp-python",)}
+# What serves the weights packed, said in the card beside a runtime that decompresses them.
+PACKED_RUNTIME = "vLLM (compressed-tensors W4A16/W8A16 through its Marlin kernels, W8A8 through its int8/fp8 kernels)"
+WORKER_TIMEOUT_S = 6 * 3600
+REPEATS = 2  # each figure is the best of this many runs
+
+
+# ---------------------------------------------------------------- runtimes
+
+
+def installed(runtime: str) -> bool:
+    return importlib.util.find_spec(RUNTIME_PACKAGES[runtime]) is not None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def gguf_files(folder: Path) -> list[Path]:
+    """The GGUF files a build holds at the top of its artifact folder (the hook for GGUF builds)."""
+    return sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+
+
+def check_runtime(settings: "Speed") -> None:
+    """Refuse, in one line, a runtime the recipe names that cannot run here (before any work)."""
+    runtime = settings.runtime
+    if runtime == "auto" or runtime == "transformers":
+        return
+    if not installed(runtime):
+        package = {"vllm": "vllm (a GPU serving engine)", "llama.cpp": "llama-cpp-python"}[runtime]
+        raise UserError(f"evaluation.speed.runtime: {runtime} is not installed here (package {package}); "
+                        "use runtime: auto or transformers")
+    if runtime == "vllm" and not cuda_available():
+        raise UserError("evaluation.speed.runtime: vllm needs a CUDA GPU and none is visible here; "
+                        "use runtime: auto or transformers")
+
+
+def resolve_runtime(settings: "Speed", artifact: "Artifact") -> str:
+    """The runtime that measures this artifact: the recipe's, or for `auto` the one a user would use."""
+    check_runtime(settings)
+    has_gguf = bool(gguf_files(artifact.path))
+    if settings.runtime == "llama.cpp":
+        if not has_gguf:
+            raise UserError(f"evaluation.speed.runtime: llama.cpp runs GGUF files and {artifact.path} holds none")
+        return "llama.cpp"
+    if settings.runtime != "auto":
+        return settings.runtime
+    if has_gguf and installed("llama.cpp"):
+        return "llama.cpp"
+    if installed("vllm") and cuda_available() and artifact.kind == "checkpoint":
+        return "vllm"
+    return "transformers"
+
+
+def device_name() -> str:
+    """The accelerator (CUDA device name) or the CPU model and the threads torch uses."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def speed_fingerprint(build: Build, runtime: str, device: str) -> str:
+    return digest([build.fingerprint(), build.recipe.evaluation.speed.model_dump(mode="json"), runtime, device,
+                   library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]), SPEED_FORMAT])
+
+
+def speed(build: Build, log=print) -> StageResult:
+    """Measure the build and (once per machine) its base model; speed/speed.json."""
+    settings = build.recipe.evaluation.speed
+    if not settings.enabled:
+        raise UserError(f"{build.label}: evaluation.speed.enabled is false in the recipe")
+    check_runtime(settings)
+    build.require("artifact")
+    artifact = build.artifact()
+    runtime = resolve_runtime(settings, artifact)
+    device = device_name()
+
+    def work(out: Path) -> dict:
+        log(f"  speed: measuring the build in {runtime} on {device}")
+        measured = run_measurement(runtime, build.entry.kind, artifact, settings)
+        base, source = base_speed(build, runtime, device, log)
+        result = {"format": SPEED_FORMAT, "runtime": runtime, "device": device,
+                  "settings": settings.model_dump(mode="json"), "repeats": REPEATS,
+                  "prompt": "random token ids, greedy decoding",
+                  "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]),
+                  "build": measured, "base": base, "base_source": source}
+        result["weights_note"] = weights_note(result)
+        (out / SPEED_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return {"runtime": runtime, "speed_device": device}
+
+    return run_stage(build, "speed", work, fingerprint=speed_fingerprint(build, runtime, device))
+
+
+def base_runtime(runtime: str) -> str:
+    """The base model is a checkpoint: llama.cpp cannot load it without a GGUF of it, so transformers does."""
+    return "transformers" if runtime == "llama.cpp" else runtime
+
+
+def base_speed(build: Build, runtime: str, device: str, log=print) -> tuple[dict, str]:
+    """The base model's figures, from this machine's cache or measured once and cached."""
+    from filelock import FileLock
+
+    from factory.artifact import Artifact
+
+    settings = build.recipe.evaluation.speed
+    runtime = base_runtime(runtime)
+    identity = {"model": build.entry.id, "revision": source_revision(build.entry, build.recipe_dir),
+                "kind": build.entry.kind, "settings": settings.model_dump(mode="json", exclude={"runtime", "enabled"}),
+                "runtime": runtime, "device": device,
+                "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]), "format": SPEED_FORMAT}
+    target = cache_root() / "base-speed" / slug(build.entry.id) / digest(identity)
+    if (target / SPEED_FILE).is_file():
+        log(f"  speed: reusing the base model's figures from {target}")
+        return json.loads((target / SPEED_FILE).read_text()), "cache"
+    locks = cache_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"base-speed-{target.parent.name}-{target.name}.lock")):
+        if (target / SPEED_FILE).is_file():
+            return json.loads((target / SPEED_FILE).read_text()), "cache"
+        log(f"  speed: measuring the base model once in {runtime} (cached in {target})")
+        base = fetch_base(build.entry, build.recipe_dir)
+        measured = run_measurement(runtime, build.entry.kind, Artifact("checkpoint", base.path), settings)
+        with atomic_dir(target) as partial:
+            (partial / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+            (partial / SPEED_FILE).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+        return measured, "measured"
+
+
+def weights_note(result: dict) -> str:
+    """What the card says about the weights in memory in this runtime, from what was measured."""
+    build, runtime = result["build"], result["runtime"]
+    if build.get("weights_in_memory") == "dense" and build.get("quantized_checkpoint"):
+        at_load, running = build.get("weights_at_load_mb"), build.get("weights_mb")
+        when = ("on the first forward pass (they are packed right after loading)"
+                if at_load and running and at_load < 0.9 * running else "when it loads them")
+        return (f"{runtime} decompresses this checkpoint's weights {when}: they are held as dense "
+                f"{build.get('dtype')} layers, so in {runtime} the build saves no memory over the base model "
+                f"(and runs no faster). {PACKED_RUNTIME} serves them packed.")
+    if build.get("weights_in_memory") == "packed":
+        return f"{runtime} holds the weights packed in memory, as they are stored."
+    if runtime == "vllm":
+        return "vLLM serves the weights packed; its memory figure includes the KV cache it reserves."
+    return f"The weights are not quantized in storage; {runtime} holds them as dense {build.get('dtype')} layers."
+
+
+# ---------------------------------------------------------------- one measurement, in its own process
+
+
+def run_measurement(runtime: str, kind: str, artifact: "Artifact", settings: "Speed") -> dict:
+    """Measure one model in a fresh Python process; its figures (see `measure_in_process`)."""
+    import tempfile
+
+    request = {"runtime": runtime, "kind": kind, "artifact": {"kind": artifact.kind, "path": str(artifact.path),
+               "base_path": str(artifact.base_path) if artifact.base_path else None},
+               "settings": settings.model_dump(mode="json")}
+    with tempfile.TemporaryDirectory(prefix="factory-speed-") as tmp:
+        request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request_file.write_text(json.dumps(request))
+        done = subprocess.run([sys.executable, "-m", "factory.speed", str(request_file), str(result_file)],
+                              capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=os.environ.copy())
+        if done.returncode != 0 or not result_file.is_file():
+            lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+            raise RuntimeError(f"the {runtime} speed measurement of {artifact.path} failed: "
+                               f"{first_line(lines[-1] if lines else f'exit {done.returncode}')}")
+        return json.loads(result_file.read_text())
+
+
+def _rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def measure_in_process(request: dict) -> dict:
+    from factory.build import peak_rss_mb
+
+    measure = {"transformers": _measure_transformers, "vllm": _measure_vllm, "llama.cpp": _measure_llama_cpp}
+    result = measure[request["runtime"]](request)
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def _token_ids(vocab_size: int, batch: int, length: int, seed: int = 0, avoid: int | None = None):
+    """Random prompt ids, away from the ends of the vocabulary (where special tokens usually sit) and
+    never `avoid` (LLaVA-Next's image token, which would ask for image features)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    low, high = min(16, vocab_size // 4), max(vocab_size - 16, vocab_size * 3 // 4)
+    ids = torch.randint(low, high, (batch, length), generator=generator)
+    if avoid is not None:
+        ids[ids == avoid] = low if avoid != low else low + 1
+    return ids
+
+
+def _measure_transformers(request: dict) -> dict:
+    import torch
+
+    from factory.artifact import Artifact
+    from factory.loading import compute_dtype, model_class, peak_gpu_mb, reset_gpu_peak
+
+    s = request["settings"]
+    spec = request["artifact"]
+    artifact = Artifact(spec["kind"], Path(spec["path"]), Path(spec["base_path"]) if spec["base_path"] else None)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    _import_model_code(artifact, request["kind"])  # so that the load time is the load's, not Python's imports
+    rss_before = _rss_mb()
+    reset_gpu_peak()
+    started = time.perf_counter()
+    model = artifact.load(request["kind"], dtype=compute_dtype(), device_map=device).eval()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - started
+    at_load = _weights(model)
+    config = model.config
+    text_config = getattr(config, "text_config", None) or config
+    quantized_checkpoint = getattr(config, "quantization_config", None) is not None
+    vocab = text_config.vocab_size
+    image_token = getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
+    generate = model.generate
+
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Clock(StoppingCriteria):
+        """Called by generate after each new token: the first call ends the prefill (the prompt's
+        forward pass and its token), the last one the decoding of the others."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    def run(batch: int, new: int) -> tuple[float, float]:
+        ids = _token_ids(vocab, batch, s["prompt_tokens"], avoid=image_token).to(device)
+        clock = Clock()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                     do_sample=False, pad_token_id=0, stopping_criteria=StoppingCriteriaList([clock]))
+        return clock.times[0] - t, clock.times[-1] - clock.times[0]
+
+    run(1, 2)  # warm-up: kernels, allocator, and whatever a runtime does on the first forward pass
+    # compressed-tensors leaves a checkpoint packed at load and decompresses it on the first forward
+    # pass (transformers' dequantize=False): what the weights take is read after one has run
+    running = _weights(model)
+    batches = []
+    for batch in s["batch_sizes"]:
+        runs = [run(batch, s["new_tokens"]) for _ in range(REPEATS)]
+        prefill_s, decode_s = min(r[0] for r in runs), min(r[1] for r in runs)  # the best of REPEATS
+        batches.append({
+            "batch_size": batch, "prefill_s": round(prefill_s, 4), "decode_s": round(decode_s, 4),
+            "prefill_tokens_per_s": round(batch * s["prompt_tokens"] / prefill_s, 1),
+            "decode_tokens_per_s": round(batch * (s["new_tokens"] - 1) / decode_s, 1),
+        })
+    return {"runtime": "transformers", "device": device, "load_s": round(load_s, 3),
+            "weights_at_load_mb": at_load["mb"], "weights_mb": running["mb"],
+            "weights_in_memory": "packed" if running["packed"] else "dense",
+            "quantized_checkpoint": quantized_checkpoint, "dtype": running["dtype"],
+            "peak_gpu_mb": peak_gpu_mb(), "rss_before_load_mb": rss_before, "batches": batches}
+
+
+def _rate(tokens: int, seconds: float) -> float | None:
+    """tokens/s, or None where the difference of two timings is lost in their noise."""
+    return round(tokens / seconds, 1) if seconds > 0 else None
+
+
+def _import_model_code(artifact, kind: str) -> None:
+    """Import the model's class (and compressed-tensors for a checkpoint that needs it) ahead of timing."""
+    import transformers
+
+    from factory.loading import model_class
+
+    model_class(kind)
+    config = transformers.AutoConfig.from_pretrained(artifact.base_path if artifact.kind == "adapter" else artifact.path)
+    for name in getattr(config, "architectures", None) or []:
+        getattr(transformers, name, None)
+    if getattr(config, "quantization_config", None) is not None:
+        importlib.util.find_spec("compressed_tensors") and __import__("compressed_tensors")
+
+
+def _weights(model) -> dict:
+    """What the model's parameters and buffers take in memory, whether any is held packed (an integer
+    dtype: int4 in int32, NF4/int8 in uint8/int8), and the widest floating dtype among them."""
+    import torch
+
+    tensors = list(model.parameters()) + list(model.buffers())
+    floats = {t.dtype for t in model.parameters() if t.dtype.is_floating_point}
+    packed = any(not (t.dtype.is_floating_point or t.dtype == torch.bool) and t.dim() >= 2 for t in model.parameters())
+    widest = max(floats, key=lambda d: torch.finfo(d).bits) if floats else None
+    return {"mb": round(sum(t.numel() * t.element_size() for t in tensors) / 2**20, 3), "packed": packed,
+            "dtype": str(widest).removeprefix("torch.") if widest else None}
+
+
+def _measure_vllm(request: dict) -> dict:  # pragma: no cover - needs vLLM and a GPU
+    import torch
+    from vllm import LLM, SamplingParams
+
+    s = request["settings"]
+    if request["artifact"]["kind"] != "checkpoint":
+        raise RuntimeError("vLLM measures whole checkpoints, not adapters")
+    rss_before = _rss_mb()
+    free_before, total = torch.cuda.mem_get_info()
+    started = time.perf_counter()
+    llm = LLM(model=request["artifact"]["path"], dtype="auto", seed=0)
+    load_s = time.perf_counter() - started
+    free_after, _ = torch.cuda.mem_get_info()
+    vocab = llm.get_tokenizer().vocab_size
+
+    def run(batch: int, new: int) -> float:
+        prompts = [{"prompt_token_ids": row.tolist()} for row in _token_ids(vocab, batch, s["prompt_tokens"])]
+        params = SamplingParams(max_tokens=new, min_tokens=new, temperature=0.0, ignore_eos=True)
+        t = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        return time.perf_counter() - t
+
+    run(1, 2)
+    batches = []
+    for batch in s["batch_sizes"]:
+        prefill_s, total_s = run(batch, 1), run(batch, s["new_tokens"])
+        batches.append({"batch_size": batch, "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
+                        "prefill_tokens_per_s": round(batch * s["prompt_tokens"] / prefill_s, 1),
+                        "decode_tokens_per_s": _rate(batch * (s["new_tokens"] - 1), total_s - prefill_s)})
+    return {"runtime": "vllm", "device": "cuda", "load_s": round(load_s, 3), "weights_mb": None,
+            "weights_in_memory": "packed", "quantized_checkpoint": None, "dtype": "auto",
+            "peak_gpu_mb": round((free_before - free_after) / 2**20, 1), "gpu_total_mb": round(total / 2**20, 1),
+            "rss_before_load_mb": rss_before, "batches": batches}
+
+
+def _measure_llama_cpp(request: dict) -> dict:  # pragma: no cover - needs llama-cpp-python and a GGUF build
+    from llama_cpp import Llama
+
+    s = request["settings"]
+    files = gguf_files(Path(request["artifact"]["path"]))
+    rss_before = _rss_mb()
+    started = time.perf_counter()
+    gpu = cuda_available()
+    llm = Llama(model_path=str(files[0]), n_ctx=s["prompt_tokens"] + s["new_tokens"], n_batch=s["prompt_tokens"],
+                n_gpu_layers=-1 if gpu else 0, seed=0, verbose=False)
+    load_s = time.perf_counter() - started
+    ids = _token_ids(llm.n_vocab(), 1, s["prompt_tokens"])[0].tolist()
+
+    def run(new: int) -> float:
+        llm.reset()
+        t = time.perf_counter()
+        llm.create_completion(prompt=ids, max_tokens=new, temperature=0.0)
+        return time.perf_counter() - t
+
+    run(2)
+    batches = []
+    for batch in s["batch_sizes"]:
+        if batch != 1:  # llama-cpp-python's Llama runs one sequence at a time
+            batches.append({"batch_size": batch, "prefill_tokens_per_s": None, "decode_tokens_per_s": None,
+                            "note": "llama-cpp-python runs one sequence at a time"})
+            continue
+        prefill_s, total_s = run(1), run(s["new_tokens"])
+        batches.append({"batch_size": 1, "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
+                        "prefill_tokens_per_s": round(s["prompt_tokens"] / prefill_s, 1),
+                        "decode_tokens_per_s": _rate(s["new_tokens"] - 1, total_s - prefill_s)})
+    return {"runtime": "llama.cpp", "device": "cuda" if gpu else "cpu", "load_s": round(load_s, 3),
+            "weights_mb": round(files[0].stat().st_size / 2**20, 1), "weights_in_memory": "packed",
+            "quantized_checkpoint": True, "dtype": files[0].name, "peak_gpu_mb": None, "rss_before_load_mb": rss_before,
+            "batches": batches}
+
+
+def main(argv: list[str]) -> int:
+    request_file, result_file = Path(argv[0]), Path(argv[1])
+    result = measure_in_process(json.loads(request_file.read_text()))
+    result_file.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
