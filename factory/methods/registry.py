@@ -24,6 +24,8 @@ BUILTIN: dict[str, str] = {
     "slim-llm": "factory.methods.slim_llm:SliMLLM",
     "quip": "factory.methods.quip:QuIP",
     "autoround": "factory.methods.autoround:AutoRound",
+    "qlora": "factory.methods.qlora:QLoRA",
+    "ir-qlora": "factory.methods.ir_qlora:IRQLoRA",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)
