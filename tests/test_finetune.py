@@ -235,3 +235,112 @@ def test_qlora_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama)
 
     again = run_factory("finetune", str(recipe), "--workdir", str(clean_root))
     assert again.returncode == 0 and "skipped" in again.stdout
+
+
+# ---------------------------------------------------------------- published output, loaded without the factory
+
+
+LOAD = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+kind, path, base = sys.argv[1], sys.argv[2], sys.argv[3]
+if len(sys.argv) > 4:  # from the Hub: download the repo first
+    from huggingface_hub import snapshot_download
+    path = snapshot_download(path, local_dir=sys.argv[4])
+tokenizer = AutoTokenizer.from_pretrained(path)
+ids = tokenizer("Below is an instruction", return_tensors="pt").input_ids
+out = {}
+if kind == "adapter":
+    from peft import PeftModel
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, quantization_config=nf4, dtype=torch.float32)
+    with torch.no_grad():
+        plain = model(ids).logits
+    model = PeftModel.from_pretrained(model, path)
+    with torch.no_grad():
+        out["adapter_changes_logits"] = bool((model(ids).logits - plain).abs().max() > 0)
+    out["layer"] = type(model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__
+    import os
+    merged = AutoModelForCausalLM.from_pretrained(os.path.join(path, "merged"))
+    out["merged_tokens"] = merged.generate(ids, max_new_tokens=6, do_sample=False)[0].tolist()
+else:
+    model = AutoModelForCausalLM.from_pretrained(path)
+tokens = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)[0].tolist()
+out.update(tokens=len(tokens) - ids.shape[1], factory=any(m.startswith("factory") for m in sys.modules))
+print(json.dumps(out))
+"""
+
+
+def load_without_factory(kind: str, path, base, *extra, env=None) -> dict:
+    done = subprocess.run([sys.executable, "-c", LOAD, kind, str(path), str(base), *map(str, extra)], cwd="/",
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": "", **(env or {})})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["factory"] is False and result["tokens"] > 0
+    return result
+
+
+PUBLISH_FT = """
+  data: {source: demo, samples: 16}
+  lora: {r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}
+  max_steps: 2
+  batch_size: 2
+  gradient_accumulation: 1
+  max_seq_len: 48
+  gradient_checkpointing: false
+  merge: true
+"""
+
+
+def test_qlora_publishes_a_peft_adapter_that_loads_over_the_nf4_base(tmp_path, tiny_llama, hub):
+    recipe = ft_recipe(tmp_path, tiny_llama, finetune=PUBLISH_FT)
+    out = tmp_path / "site"
+    done = run_factory("publish", str(recipe), "--workdir", str(tmp_path / "w"), "--to", str(out), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    repo = out / "local" / "tiny-ft-qlora"
+    files = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "training_loss.png",
+            "merged/model.safetensors"} <= files, files
+    card = (repo / "README.md").read_text()
+    assert "base_model_relation: adapter" in card and "library_name: peft" in card
+    assert "## Fine-tuning" in card and "![Training loss](training_loss.png)" in card
+    assert "NF4, no fine-tuning" in card  # the reference column
+    assert "PeftModel.from_pretrained" in card
+    build = tmp_path / "w" / "builds" / "ft-qlora" / "test--tiny"
+    scores = json.loads((build / "eval" / "scores.json").read_text())
+    assert scores["nf4_reference"]["tasks"]  # the NF4-without-fine-tuning row was measured
+
+    local = load_without_factory("adapter", repo, tiny_llama)
+    assert local["adapter_changes_logits"] and local["layer"] == "Linear4bit"
+
+    pushed = run_factory("push", str(recipe), "--workdir", str(tmp_path / "w"), "--org", "tester",
+                         env=hub.client_env())
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    remote = load_without_factory("adapter", "tester/tiny-ft-qlora", tiny_llama, tmp_path / "download",
+                                  env={**hub.client_env(), "HF_HOME": str(tmp_path / "hf-home")})
+    assert remote == local
+
+
+def test_ir_qlora_publishes_merged_weights_plain_transformers_loads(tmp_path, tiny_llama):
+    import torch
+
+    recipe = ft_recipe(tmp_path, tiny_llama, method="ir-qlora", finetune=PUBLISH_FT.replace("merge: true", ""))
+    out = tmp_path / "site"
+    done = run_factory("publish", str(recipe), "--workdir", str(tmp_path / "w"), "--to", str(out), timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    repo = out / "local" / "tiny-ft-ir-qlora"
+    card = (repo / "README.md").read_text()
+    assert "base_model_relation: finetune" in card and "What it loses" in card
+    assert not (repo / "adapter_config.json").exists()
+    load_without_factory("checkpoint", repo, tiny_llama)
+    # the merged weights are the ICQ-dequantized base plus the trained elastic adapter: the targeted
+    # layers moved from the base, the others did not
+    from safetensors.torch import load_file
+
+    merged = load_file(str(repo / "model.safetensors"))
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged[q], base[q])
+    assert torch.equal(merged["model.layers.0.self_attn.k_proj.weight"], base["model.layers.0.self_attn.k_proj.weight"])

@@ -81,7 +81,7 @@ def finetune(build: Build, log=print) -> StageResult:
             "fingerprint": build.fingerprint(),
         }, sort_keys=False))
         return {**figures, "base_model_path": str(base.path), "base_revision": base.revision,
-                "size_bytes": weights_size(out), "base_size_bytes": base.size_bytes()}
+                "size_bytes": weights_size(out), "base_size_bytes": base.size_bytes(), "compression_ratio": None}
 
     result = run_stage(build, "finetune", work)
     shutil.rmtree(build.dir / WORK, ignore_errors=True)  # the checkpoints of a finished run
@@ -241,6 +241,8 @@ def train(method, base_dir: Path, settings, records: list[dict], out: Path, work
         "final_loss": history[-1]["loss"] if history else None,
         "train_loss": round(result.training_loss, 5),
         "compute_dtype": str(dtype).removeprefix("torch."),
+        "base_quantization": "nf4" if method.name == "qlora" else None,
+        "lora_rank": ft.lora.r,
     }
 
 
