@@ -11,8 +11,6 @@ size. It carries the quality of the method, not its 4-bit memory saving (simulat
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.methods.base import CardFacts
@@ -20,9 +18,6 @@ from factory.methods.lora_base import LoRAMethod
 
 if TYPE_CHECKING:
     from factory.recipe import Settings
-
-FINETUNE_DIR = Path(__file__).resolve().parent.parent / "finetune"
-
 
 class IRQLoRA(LoRAMethod):
     name = "ir-qlora"
@@ -32,12 +27,7 @@ class IRQLoRA(LoRAMethod):
     artifact_kind = "checkpoint"
     libraries = ("accelerate",)
 
-    def code_digest(self) -> str:
-        """ICQ and IEC are our own code: their digest enters the fingerprint."""
-        h = hashlib.sha256()
-        for name in ("icq.py", "iec.py"):
-            h.update(name.encode() + (FINETUNE_DIR / name).read_bytes())
-        return h.hexdigest()[:16]
+    code_files = ("stage.py", "data.py", "icq.py", "iec.py")  # ICQ and IEC are our own code
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         return CardFacts(
