@@ -18,11 +18,15 @@ class Artifact:
     kind: Literal["checkpoint", "adapter", "gguf"]
     path: Path
     base_path: Path | None = None  # the base checkpoint the build was made from
+    # how the base is loaded under the adapter (or the checkpoint itself): None (as saved) or "nf4"
+    # (bitsandbytes NF4 with double quantization, QLoRA's base)
+    base_quantization: str | None = None
 
     @classmethod
     def from_record(cls, kind: str, path: Path, record) -> "Artifact":
         base = record.get("base_model_path") if record is not None else None
-        return cls(kind, path, Path(base) if base else None)
+        quant = record.get("base_quantization") if record is not None else None
+        return cls(kind, path, Path(base) if base else None, quant)
 
     @property
     def gguf_file(self) -> str | None:
@@ -41,8 +45,31 @@ class Artifact:
             return "GGUF file through transformers (gguf_file=), weights dequantized on load"
         return None
 
-    def harness_model_args(self) -> dict[str, str]:
-        """lm-eval / lmms-eval `hf` model arguments that load this artifact."""
+    def load_kwargs(self) -> dict:
+        """from_pretrained arguments of the base (the NF4 config of a QLoRA base)."""
+        if self.base_quantization != "nf4":
+            return {}
+        import torch
+
+        from factory.loading import compute_dtype
+        from factory.methods.qlora import QLoRA
+
+        dtype = torch.float32 if compute_dtype() == "float32" else torch.bfloat16
+        return {"quantization_config": QLoRA().bnb_config(dtype)}
+
+    def harness_model_args(self) -> dict:
+        """lm-eval / lmms-eval `hf` model arguments that load this artifact.
+
+        An NF4 base is loaded here and handed over as a model object: lm-eval's HFLM takes the
+        quantization config from a checkpoint's own config only, and an adapter over it is already
+        injected into that model's layers by peft."""
+        if self.base_quantization == "nf4":
+            from factory.loading import compute_dtype, load_preprocessor
+
+            model = self.load("causal-lm", dtype=compute_dtype())
+            if self.kind == "adapter":
+                model = model.base_model.model  # the transformers model, peft's LoRA layers injected
+            return {"pretrained": model.eval(), "tokenizer": load_preprocessor("causal-lm", self.path)}
         if self.kind == "adapter":
             return {"pretrained": str(self.base_path), "peft": str(self.path)}
         if self.kind == "gguf":
@@ -67,11 +94,15 @@ class Artifact:
         if self.kind == "adapter":
             from peft import PeftModel
 
-            return PeftModel.from_pretrained(cls.from_pretrained(self.base_path, **kwargs), self.path)
+            return PeftModel.from_pretrained(cls.from_pretrained(self.base_path, **self.load_kwargs(), **kwargs),
+                                             self.path)
         if self.kind == "gguf":
             return cls.from_pretrained(self.path, gguf_file=self.gguf_file, **kwargs)
-        return cls.from_pretrained(self.path, **kwargs)
+        return cls.from_pretrained(self.path, **self.load_kwargs(), **kwargs)
 
     def upload_files(self) -> dict[str, Path]:
         """path in the repo -> local file: everything the stage wrote, at the top of the repo."""
         return {str(p.relative_to(self.path)): p for p in sorted(self.path.rglob("*")) if p.is_file()}
+
+
+NF4_REFERENCE = "nf4_reference"  # eval/<this>/: the NF4 base without fine-tuning (the LoRA builds' reference row)

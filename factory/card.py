@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from factory.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.hub import card_metadata
 from factory.manifest import MANIFEST, Manifest
 from factory.models import slug
-from factory.paper import CITATION, paper_rows
+from factory.paper import CITATION, lora_ft_rows, paper_rows
 from factory.recipe import PER_CHANNEL
 from factory.tasks import display_name
 
@@ -42,6 +43,11 @@ class Sibling:
     scheme: str
     mean_recovery: float | None
     size_bytes: int | None
+
+
+# The Hub's base_model_relation: a LoRA adapter, or a fine-tuned (merged) checkpoint, or a quantization.
+RELATION = {(True, "adapter"): "adapter", (True, "checkpoint"): "finetune"}
+LOSS_PNG = "training_loss.png"
 
 
 def card(build: Build, repo_id: str) -> StageResult:
@@ -73,6 +79,9 @@ def card(build: Build, repo_id: str) -> StageResult:
     def work(out: Path) -> dict:
         scores = json.loads((evaluated / "scores.json").read_text())
         plot_recovery(scores, out / RECOVERY_PLOT)
+        loss_plot = build.model_dir / LOSS_PNG
+        if loss_plot.is_file():  # fine-tuning builds: the training loss curve
+            shutil.copyfile(loss_plot, out / LOSS_PNG)
         if siblings:
             plot_comparison(build, scores, siblings, out / COMPARISON_PLOT)
         speed = json.loads(speed_file.read_text()) if measured_speed else None
@@ -102,9 +111,10 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
     tags = list(dict.fromkeys([s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory", *facts.tags,
                                *(["llava-next"] if entry.kind == "llava-next" else [])]))
     data = ModelCardData(
-        base_model=entry.id, library_name=facts.library_name, pipeline_tag=kind_task, license=base_license(build),
+        base_model=entry.id, library_name="peft" if build.method.artifact_kind == "adapter" else facts.library_name, pipeline_tag=kind_task, license=base_license(build),
         tags=tags, model_name=repo_id.split("/")[-1], eval_results=eval_results or None,
-        base_model_relation="quantized", factory=factory_metadata(build),
+        base_model_relation=RELATION.get((s.finetune is not None, build.method.artifact_kind), "quantized"),
+        factory=factory_metadata(build),
     )
     context = {
         "repo_id": repo_id, "recipe": build.recipe, "entry": entry, "s": s, "stage": stage,
@@ -120,6 +130,9 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
         "speed": speed, "speed_rows": speed_rows(speed) if speed else [],
         "num": lambda v: "-" if v is None else f"{v:,.1f}", "sec": lambda v: "-" if v is None else f"{v:.2f} s",
         "mbv": lambda v: "-" if v is None else f"{v:,.0f} MB",
+        "ft": s.finetune, "lora_ft": lora_ft_rows(entry.id, build.method.paper_name) if s.finetune else None,
+        "loss_plot": LOSS_PNG, "adapter": build.method.artifact_kind == "adapter",
+        "has_nf4": any(r["nf4"] is not None for r in rows),
     }
     # ModelCard.from_template's plain jinja2.Template keeps a blank line per {% %} line, which
     # breaks Markdown tables; the same rendering with trim_blocks does not.
@@ -166,7 +179,8 @@ def score_rows(scores: dict) -> list[dict]:
     for task, metrics in sorted(scores["tasks"].items()):
         for metric, row in metrics.items():
             if row["primary"]:
-                rows.append({"task": task, "pretty": display_name(task), "metric": metric, **row})
+                nf4 = scores.get("nf4_reference", {}).get("tasks", {}).get(task, {}).get(metric, {}).get("quantized")
+                rows.append({"task": task, "pretty": display_name(task), "metric": metric, "nf4": nf4, **row})
     return rows
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from factory.errors import FactoryError, RecipeInvalid, first_line
+from factory.errors import FactoryError, RecipeInvalid, UserError, first_line
 
 
 # What an interrupted command leaves behind, in its own words (Ctrl-C, SIGTERM or SIGHUP).
@@ -212,6 +212,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model id from the recipe")
     p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
     p.set_defaults(run=cmd_quantize)
+    p = sub.add_parser("finetune", parents=[common],
+                       help="LoRA fine-tune (qlora, ir-qlora) every model of a recipe (or one); resumes a killed run")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="only this model id from the recipe")
+    p.add_argument("--workdir", help="root of builds/ (default: $FACTORY_WORKDIR or the current folder)")
+    p.set_defaults(run=cmd_quantize)
     p = sub.add_parser("evaluate", parents=[common], help="score quantized builds against their base model")
     p.add_argument("recipe")
     p.add_argument("--model", help="only this model id from the recipe")
@@ -334,20 +340,25 @@ def methods_table(rows: list[dict], markdown: bool = False) -> str:
 
 
 def cmd_quantize(args) -> int:
+    """`quantize` and `finetune`: the stage that makes each build's artifact."""
     from factory.build import Build, workdir_root
-    from factory.quantize import quantize
+    from factory.methods import get_method
+    from factory.quantize import build_artifact
     from factory.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     root = workdir_root(args.workdir)
+    stage = get_method(recipe.method).stage
+    if stage != args.command:
+        raise UserError(f"{recipe.name}: method {recipe.method} is built by `factory {stage}`, not `{args.command}`")
     if simulated_note(recipe):
         print(f"note: {simulated_note(recipe)}")
     results = []
     for entry in recipe.model(args.model):
         build = Build(recipe, entry, root)
-        print(f"quantize {recipe.name} / {entry.id} [{build.settings.scheme_label}, fingerprint {build.fingerprint()}]",
+        print(f"{stage} {recipe.name} / {entry.id} [{build.settings.scheme_label}, fingerprint {build.fingerprint()}]",
               flush=True)
-        result = quantize(build)
+        result = build_artifact(build)
         if result.skipped:
             print(f"  skipped: {result.output} is already built with this fingerprint")
         results.append((entry.id, result))

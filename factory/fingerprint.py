@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -55,7 +56,20 @@ def build_inputs(build: "Build") -> dict:
         "base_model": {"id": build.entry.id, "source": build.entry.source,
                        "revision": source_revision(build.entry, build.recipe_dir)},
         "libraries": library_versions(BASE_LIBRARIES + build.method.libraries),
+        **({"finetune_data": finetune_data_digest(settings.finetune, build.recipe_dir)} if settings.finetune else {}),
     }
+
+
+def finetune_data_digest(ft, recipe_dir: Path) -> str:
+    """The training data: a local file's (or the bundled demo set's) content; the Hub dataset's id."""
+    import hashlib
+
+    from factory.finetune.data import ALPACA_HUB_ID, DEMO_FILE
+
+    if ft.data.source == "alpaca":
+        return f"hub:{ALPACA_HUB_ID}"
+    path = DEMO_FILE if ft.data.source == "demo" else recipe_dir / ft.data.path
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def evaluation_fingerprint(build: "Build") -> str:

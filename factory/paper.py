@@ -6,6 +6,9 @@ import csv
 from pathlib import Path
 
 PTQ_TABLE = Path(__file__).resolve().parent / "data" / "huang2024_llama3_ptq.csv"
+LORA_FT_TABLE = Path(__file__).resolve().parent / "data" / "huang2024_llama3_lora_ft.csv"
+LORA_FT_COLUMNS = ("mmlu_humanities", "mmlu_stem", "mmlu_social", "mmlu_other", "mmlu_avg", "piqa", "arc_e", "arc_c",
+                   "hellaswag", "winogrande", "avg")
 # Base models the paper measured, by the name its tables use.
 PAPER_MODELS = {"meta-llama/Meta-Llama-3-8B": "LLaMA3-8B", "meta-llama/Meta-Llama-3-70B": "LLaMA3-70B"}
 COLUMNS = ("wikitext2_ppl", "c4_ppl", "ptb_ppl", "piqa", "arc_e", "arc_c", "hellaswag", "winogrande", "avg")
@@ -36,3 +39,16 @@ def paper_rows(model_id: str, name: str | None, bits: str, group_size) -> dict[s
             elif row["method"] == name and row["w_bits"] == bits and row["group_size"] == group:
                 found[f"{name} W{bits}A{row['a_bits']}" + (f"-g{group}" if group else "")] = values
     return found if len(found) == 2 else None
+
+
+def lora_ft_rows(model_id: str, name: str | None) -> dict[str, dict[str, float]] | None:
+    """The paper's LoRA-FT table (Table 3) for a model: {'FP16': ..., 'NormalFloat': ..., name: ...}, else None."""
+    model = PAPER_MODELS.get(model_id)
+    if model is None or name is None:
+        return None
+    found: dict[str, dict[str, float]] = {}
+    with LORA_FT_TABLE.open() as f:
+        for row in csv.DictReader(f):
+            if row["model"] == model and row["method"] in ("FP16", "NormalFloat", name):
+                found[row["method"]] = {c: float(row[c]) for c in LORA_FT_COLUMNS if row.get(c)}
+    return found if name in found else None

@@ -1,4 +1,4 @@
-"""`publish` = quantize -> evaluate -> speed (unless the recipe turns it off) -> card -> push for one build, reusing finished stages."""
+"""`publish` = quantize (or finetune) -> evaluate -> speed (unless the recipe turns it off) -> card -> push for one build, reusing finished stages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from factory.card import card
 from factory.evaluate import Evaluated, evaluate
 from factory.hub import Target
 from factory.push import PushResult, push, resolve_repo_id
-from factory.quantize import quantize
+from factory.quantize import build_artifact
 from factory.speed import check_runtime, speed
 
 
@@ -28,8 +28,8 @@ def publish(build: Build, target: Target, org: str | None = None, dry_run: bool 
         target.require_token()
     if build.recipe.evaluation.speed.enabled:
         check_runtime(build.recipe.evaluation.speed)  # a runtime that is not installed: one line, before any work
-    quantized = quantize(build)
-    log("  quantize: " + ("reused the finished build" if quantized.skipped
+    quantized = build_artifact(build, log=log)
+    log(f"  {build.artifact_stage}: " + ("reused the finished build" if quantized.skipped
                           else f"done in {quantized.record.wall_time_s:.1f} s"))
     evaluated = evaluate(build, log=log)
     log("  evaluate: " + ("reused the finished evaluation" if evaluated.stage.skipped else "done")

@@ -16,8 +16,22 @@ from factory.models import fetch_base, weights_size
 FACTORY_RECIPE = "factory_recipe.yaml"
 
 
+def build_artifact(build: Build, log=print) -> StageResult:
+    """Run the stage that makes the build's artifact: quantize, or finetune for the LoRA methods."""
+    if build.artifact_stage == "finetune":
+        from factory.finetune.stage import finetune
+
+        return finetune(build, log=log)
+    return quantize(build)
+
+
 def quantize(build: Build) -> StageResult:
     """Quantize one (recipe, model), or skip it when a finished build has the same fingerprint."""
+    if build.artifact_stage != "quantize":
+        from factory.errors import UserError
+
+        raise UserError(f"{build.label}: method {build.recipe.method} is a LoRA fine-tuning method "
+                        f"(run: factory finetune {build.recipe.source_path or build.recipe.name})")
     settings = build.settings
 
     def work(out: Path) -> dict:

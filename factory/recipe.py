@@ -153,6 +153,66 @@ class Evaluation(Strict):
     speed: Speed = Speed()
 
 
+# LoRA fine-tuning (methods qlora, ir-qlora). Defaults: the QLoRA paper's Alpaca setting (Dettmers et al.
+# 2023, arXiv:2305.14314, Sec. 5 and Appendix B.2/Table 9, for models up to 13B: LoRA on every linear
+# layer of the decoder, r = 64, alpha = 16, dropout 0.1 (0.05 for 33B/65B); learning rate 2e-4 (1e-4 for
+# 33B/65B), constant schedule, max gradient norm 0.3, effective batch 16 (1 x 16 accumulation, as its
+# scripts run it), source 384 + target 128 tokens, loss on the target only). IR-QLoRA (Qin et al. 2024,
+# arXiv:2402.05445, Sec. 4) fine-tunes on Alpaca with QLoRA's settings, so both methods share them.
+# The paper text could not be fetched in the session that wrote this (no PDF in the offline corpora):
+# the values above are as recalled from those sections; check them against the papers before a
+# published run at LLaMA-3 scale. The step count is the recipe's (`max_steps` or `epochs`).
+LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MAX_LORA_RANK = 65536
+MAX_STEPS = 10_000_000
+
+
+class LoRA(Strict):
+    r: int = Field(64, gt=0, le=MAX_LORA_RANK, description="LoRA rank (QLoRA: 64).")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r (QLoRA: 16).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input (QLoRA: 0.1 up to 13B, 0.05 above).")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LLAMA_LINEAR_LAYERS), min_length=1,
+        description="Layer names (the last component, as peft matches them) that get an adapter. Default: "
+        "every linear layer of a LLaMA decoder layer, as QLoRA. Checked against the model before training.")
+
+
+class FineTuneData(Strict):
+    source: Literal["alpaca", "file", "demo"] = Field(
+        "alpaca", description="alpaca: the Alpaca dataset from the Hub (tatsu-lab/alpaca); file: a local "
+        "Alpaca-format .json (a list) or .jsonl (instruction, input, output); demo: the small set shipped with "
+        "the factory (offline; smoke data).")
+    path: str | None = Field(None, description="With source: file. Relative paths are relative to the recipe file.")
+    samples: int | None = Field(None, gt=0, le=MAX_SAMPLES * 10, description="Use only the first N records.")
+
+
+class FineTune(Strict):
+    data: FineTuneData = FineTuneData()
+    template: Literal["alpaca"] = Field(
+        "alpaca", description="Prompt template: alpaca (Stanford Alpaca's, with and without input).")
+    lora: LoRA = LoRA()
+    max_steps: int | None = Field(None, gt=0, le=MAX_STEPS, description="Optimizer steps (replaces epochs).")
+    epochs: float | None = Field(None, gt=0, le=1000, description="Passes over the data, when max_steps is unset "
+                                 "(default: 1).")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (QLoRA: 2e-4).")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = Field(
+        "constant", description="Learning-rate schedule (QLoRA: constant).")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps warming up (schedules with warmup).")
+    batch_size: int = Field(1, gt=0, le=MAX_BATCH_SIZE, description="Sequences per device per micro-step.")
+    gradient_accumulation: int = Field(16, gt=0, le=MAX_BATCH_SIZE,
+                                       description="Micro-steps per optimizer step (effective batch = batch_size x this).")
+    max_seq_len: int = Field(512, gt=0, le=MAX_SEQ_LEN, description="Tokens per example, prompt and response "
+                             "(QLoRA: 384 + 128); longer ones are cut.")
+    max_grad_norm: float = Field(0.3, gt=0, description="Gradient clipping (QLoRA: 0.3).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (QLoRA: 0).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass (QLoRA: on).")
+    save_steps: int = Field(100, gt=0, le=MAX_STEPS, description="Checkpoint every N steps; a killed run resumes "
+                            "from the last one.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the adapter's initialisation and the data order.")
+    merge: bool = Field(False, description="Also publish the adapter merged into the 16-bit base (merged/) "
+                        "(qlora; ir-qlora always publishes merged weights).")
+
+
 REPO_TEMPLATE_FIELDS = ("org", "model", "recipe", "method", "METHOD", "bits", "group", "scheme")
 
 
@@ -241,6 +301,8 @@ class Recipe(Strict):
         None, description="Layer names or 're:' patterns kept in full precision. Default: lm_head "
         "(and the vision tower and projector for llava-next).")
     models: list[ModelEntry] = Field(min_length=1)
+    finetune: FineTune | None = Field(
+        None, description="LoRA fine-tuning (methods qlora and ir-qlora; their defaults when left out).")
     evaluation: Evaluation = Evaluation()
     publish: Publish = Publish()
 
@@ -296,6 +358,7 @@ class Recipe(Strict):
             ignore=list(ignore) if ignore is not None else list(DEFAULT_IGNORE[entry.kind]),
             calibration=self.calibration if method.needs_calibration else None,
             options=options.model_dump(mode="json") if options is not None else None,
+            finetune=(self.finetune or FineTune()) if method.stage == "finetune" else None,
         )
 
 
@@ -311,6 +374,7 @@ class Settings(Strict):
     ignore: list[str]
     calibration: Calibration | None
     options: dict[str, Any] | None  # the method's options block, resolved (None: it has none)
+    finetune: FineTune | None = None  # LoRA fine-tuning methods only
 
     @property
     def scheme_label(self) -> str:
@@ -396,6 +460,28 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
     for other in method_names():
         if other != m and getattr(recipe, block_field(other), None) is not None:
             out.append(((other,), f"only applies to method {other}, not {m}"))
+
+    ft = recipe.finetune
+    if ft is not None and method.stage != "finetune":
+        out.append((("finetune",), f"only applies to LoRA fine-tuning methods, not {m}"))
+    if ft is not None and method.stage == "finetune":
+        if ft.data.source == "file":
+            if not ft.data.path:
+                out.append((("finetune", "data", "path"), "required with source: file"))
+            elif not (base_dir / ft.data.path).is_file():
+                out.append((("finetune", "data", "path"), f"no such file: {ft.data.path}"))
+            elif not ft.data.path.endswith((".json", ".jsonl")):
+                out.append((("finetune", "data", "path"), "must be an Alpaca-format .json or .jsonl file"))
+            else:
+                from factory.finetune.data import check_file
+
+                problem = check_file(base_dir / ft.data.path)
+                if problem:
+                    out.append((("finetune", "data", "path"), f"{ft.data.path} is not Alpaca-format: {problem}"))
+        elif ft.data.path:
+            out.append((("finetune", "data", "path"), f"only used with source: file, not {ft.data.source}"))
+        if ft.max_steps is not None and ft.epochs is not None:
+            out.append((("finetune", "epochs"), "give max_steps or epochs, not both"))
 
     cal = recipe.calibration
     if method.needs_calibration:
@@ -525,4 +611,7 @@ def _message(err: dict) -> str:
 
 def settings_json(settings: Settings) -> str:
     """Canonical JSON of the effective settings (what the fingerprint hashes)."""
-    return json.dumps(settings.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    data = settings.model_dump(mode="json")
+    if data.get("finetune") is None:  # quantize-stage methods: the same JSON (and fingerprints) as before
+        data.pop("finetune", None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))

@@ -80,6 +80,14 @@ def evaluate(build: Build, log=print) -> Evaluated:
             "smoke": any(t in BUNDLED_TASKS for t in plan.tasks) or "demo" in plan.perplexity,
             "base_evaluation": base_dir.name,
         }
+        if build.method.stage == "finetune":
+            # The paper's reference row for LoRA-FT: the NF4 base without fine-tuning, same harness.
+            from factory.artifact import NF4_REFERENCE
+
+            (out / NF4_REFERENCE).mkdir()
+            nf4 = measure(plan, adapter, Artifact("checkpoint", artifact.base_path, base_quantization="nf4"),
+                          out / NF4_REFERENCE)
+            scores["nf4_reference"] = compare(base["metrics"], nf4["metrics"], nf4["higher_is_better"])
         (out / SCORES_FILE).write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
         return {"mean_recovery": scores["mean_recovery"], "plan_key": plan.key(), "base_evaluation": str(base_dir),
                 "placement": measured["placement"]["description"]}

@@ -15,7 +15,12 @@ class NF4(BitsAndBytesMethod):
 
     def config(self, settings):
         import torch
+
+        return self.config_for(torch.bfloat16, settings.ignore)
+
+    def config_for(self, compute_dtype, ignore: list[str]):
+        """The NF4 BitsAndBytesConfig with a given compute dtype (the LoRA methods' base reuses it)."""
         from transformers import BitsAndBytesConfig
 
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
-                                  llm_int8_skip_modules=bitsandbytes_skip_modules(settings.ignore))
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                                  llm_int8_skip_modules=bitsandbytes_skip_modules(ignore))

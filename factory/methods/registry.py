@@ -25,6 +25,8 @@ BUILTIN: dict[str, str] = {
     "quip": "factory.methods.quip:QuIP",
     "autoround": "factory.methods.autoround:AutoRound",
     "gguf": "factory.methods.gguf:GGUF",
+    "qlora": "factory.methods.qlora:QLoRA",
+    "ir-qlora": "factory.methods.ir_qlora:IRQLoRA",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)
