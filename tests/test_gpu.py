@@ -14,6 +14,8 @@ from factory.errors import RecipeInvalid
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"
+FINETUNE = ("finetune: {data: {source: demo}, lora: {r: 4, alpha: 8, target_modules: [q_proj, v_proj]}, "
+            "max_steps: 2, batch_size: 1, max_seq_len: 32, save_steps: 1}")
 # One recipe body per registered method (test_every_method_has_a_gpu_recipe keeps this complete).
 METHODS = {
     "rtn": "method: rtn\nweights: {bits: 4, group_size: 32}",
@@ -27,7 +29,12 @@ METHODS = {
     "slim-llm": f"method: slim-llm\nweights: {{bits: 2}}\n{CAL}",
     "quip": f"method: quip\nweights: {{bits: 2}}\n{CAL}",
     "autoround": f"method: autoround\nweights: {{bits: 4, group_size: 32}}\nautoround: {{iters: 2}}\n{CAL}",
+    "gguf": "method: gguf\nweights: {bits: 8}\ngguf: {type: Q8_0}",
+    "qlora": f"method: qlora\nweights: {{bits: 4}}\n{FINETUNE}",
+    "ir-qlora": f"method: ir-qlora\nweights: {{bits: 4}}\n{FINETUNE}",
 }
+# GGUF files are written on the CPU (auto-round's writer) and run by llama.cpp: nothing of theirs runs on CUDA here.
+CPU_ONLY = {"gguf": "the GGUF writer runs on the CPU; llama.cpp, not this tier, runs the file"}
 SPEED = "evaluation:\n  speed: {batch_sizes: [1, 4], prompt_tokens: 32, new_tokens: 8}\n"
 
 
@@ -36,6 +43,12 @@ def test_every_method_has_a_gpu_recipe():
     from factory.methods.registry import method_names
 
     assert set(method_names()) - {"toy"} <= set(METHODS), set(method_names()) - set(METHODS)
+
+
+def test_gpu_recipes_are_valid(tmp_path, tiny_llama):
+    """Not a GPU test either: each GPU-tier recipe passes validation here, so the tier fails only on CUDA problems."""
+    for name, body in METHODS.items():
+        load_recipe(local_model_recipe(tmp_path, name.replace("-", ""), body, tiny_llama))
 
 
 def _reload_on_cuda(kind: str, path) -> dict:
@@ -57,17 +70,27 @@ def _reload_on_cuda(kind: str, path) -> dict:
 @pytest.mark.parametrize("kind", ["causal-lm", "llava-next"])
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_quantizes_on_cuda(name, kind, tmp_path, tiny_llama, tiny_llava):
-    from factory.quantize import quantize
+    from factory.quantize import build_artifact
 
+    import torch
+
+    if name in CPU_ONLY:
+        pytest.skip(CPU_ONLY[name])
     model = tiny_llama if kind == "causal-lm" else tiny_llava
     try:
         recipe = load_recipe(local_model_recipe(tmp_path, name.replace("-", ""), METHODS[name], model, kind))
     except RecipeInvalid as exc:  # a method that refuses this kind says so in the recipe check
         pytest.skip(f"{name} refuses {kind}: {exc.problems[0]}")
     build = Build(recipe, recipe.models[0], tmp_path / "work")
-    result = quantize(build)
+    result = build_artifact(build)  # quantize, or finetune for the LoRA methods
     assert result.record.get("device") == "cuda", result.record
     assert result.record.get("peak_gpu_mb"), "a CUDA run records its peak GPU memory"
+    if build.method.artifact_kind == "adapter":  # base + adapter, as a user loads it
+        loaded = build.artifact.load(kind, device_map="cuda").eval()
+        with torch.no_grad():
+            logits = loaded(input_ids=torch.arange(1, 33, device="cuda").unsqueeze(0)).logits.float()
+        assert torch.isfinite(logits).all()
+        return
     reloaded = _reload_on_cuda(kind, build.model_dir)
     assert reloaded["finite"] and reloaded["devices"] == {"cuda"}
 
