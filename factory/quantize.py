@@ -25,6 +25,16 @@ def build_artifact(build: Build, log=print) -> StageResult:
     return quantize(build)
 
 
+def write_build_recipe(out: Path, build: Build) -> None:
+    """The recipe travels with the artifact: what was asked, and what it resolved to."""
+    (out / FACTORY_RECIPE).write_text(yaml.safe_dump({
+        "recipe": build.recipe.model_dump(mode="json", exclude_none=True, exclude={"models"}, by_alias=True),
+        "model": build.entry.model_dump(mode="json", exclude_none=True),
+        "effective_settings": build.settings.model_dump(mode="json"),
+        "fingerprint": build.fingerprint(),
+    }, sort_keys=False))
+
+
 def quantize(build: Build) -> StageResult:
     """Quantize one (recipe, model), or skip it when a finished build has the same fingerprint."""
     if build.artifact_stage != "quantize":
@@ -37,13 +47,7 @@ def quantize(build: Build) -> StageResult:
     def work(out: Path) -> dict:
         base = fetch_base(build.entry, build.recipe_dir)
         figures = build.method.quantize(base.path, settings, out, build.recipe_dir)
-        # The recipe travels with the checkpoint: what was asked, and what it resolved to.
-        (out / FACTORY_RECIPE).write_text(yaml.safe_dump({
-            "recipe": build.recipe.model_dump(mode="json", exclude_none=True, exclude={"models"}, by_alias=True),
-            "model": build.entry.model_dump(mode="json", exclude_none=True),
-            "effective_settings": settings.model_dump(mode="json"),
-            "fingerprint": build.fingerprint(),
-        }, sort_keys=False))
+        write_build_recipe(out, build)
         size, base_size = weights_size(out), base.size_bytes()
         return {
             **figures,

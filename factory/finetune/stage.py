@@ -22,13 +22,11 @@ import math
 import shutil
 from pathlib import Path
 
-import yaml
-
 from factory.build import Build, StageResult, run_stage
 from factory.errors import UserError
 from factory.models import fetch_base, weights_size
+from factory.quantize import write_build_recipe
 
-FACTORY_RECIPE = "factory_recipe.yaml"
 LOSS_JSON = "training_loss.json"
 LOSS_PNG = "training_loss.png"
 WORK = ".finetune-work"
@@ -74,12 +72,7 @@ def finetune(build: Build, log=print) -> StageResult:
         figures = build.method.train(base.path, settings, records, out, work_dir, log)
         figures["data"] = describe(ft.data.source, ft.data.path, len(records))
         _point_adapter_at_hub_base(out, build)
-        (out / FACTORY_RECIPE).write_text(yaml.safe_dump({
-            "recipe": build.recipe.model_dump(mode="json", exclude_none=True, exclude={"models"}, by_alias=True),
-            "model": build.entry.model_dump(mode="json", exclude_none=True),
-            "effective_settings": settings.model_dump(mode="json"),
-            "fingerprint": build.fingerprint(),
-        }, sort_keys=False))
+        write_build_recipe(out, build)
         return {**figures, "base_model_path": str(base.path), "base_revision": base.revision,
                 "size_bytes": weights_size(out), "base_size_bytes": base.size_bytes(), "compression_ratio": None}
 
