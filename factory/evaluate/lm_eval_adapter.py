@@ -12,6 +12,7 @@ import yaml
 
 from factory.errors import UserError, first_line
 from factory.evaluate.plan import BUNDLED_TASKS, TASKS_DIR, EvalPlan
+from factory.tasks import reported_tasks
 
 RAW_FILE = "lm_eval_results.json"
 
@@ -54,12 +55,14 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
 
 
 def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) -> "Measured":
-    """Evaluate the build's artifact; write the harness's output to out_dir; return its figures."""
+    """Evaluate the build's artifact; write the harness's output to out_dir; return its figures.
+
+    One harness pass per few-shot count (the paper suite: MMLU 5-shot, the rest 0-shot), all on one
+    loaded model; the passes' outputs are merged into one raw file."""
     import lm_eval
 
     from factory.loading import compute_dtype
 
-    tasks = [bundled_task_config(t) if t in BUNDLED_TASKS else t for t in plan.tasks]
     if plan.backend == "vllm":
         model, args = "vllm", {**artifact.harness_model_args(), "dtype": "auto", "seed": plan.seed}
         if placement is not None and placement.gpus > 1:
@@ -67,18 +70,42 @@ def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) ->
     else:
         model, args = "hf", {**artifact.harness_model_args(), "dtype": compute_dtype(),
                              **(placement.hf_model_args() if placement is not None else {})}
+    passes = plan.fewshot_groups()
     try:
-        results = lm_eval.simple_evaluate(
-            model=model, model_args=args, tasks=tasks, task_manager=task_manager(dict(args)),
-            num_fewshot=plan.num_fewshot,
+        if len(passes) > 1:  # load once, hand the harness the model object for each pass
+            from lm_eval.api.registry import get_model
+
+            model = get_model(model).create_from_arg_obj(
+                args, {"batch_size": plan.batch_size, "device": device})
+        outputs = [lm_eval.simple_evaluate(
+            model=model, model_args=args, tasks=[bundled_task_config(t) if t in BUNDLED_TASKS else t for t in tasks],
+            task_manager=task_manager(dict(args)), num_fewshot=shots,
             batch_size=plan.batch_size, device=device, limit=plan.limit, log_samples=False,
             random_seed=plan.seed, numpy_random_seed=plan.seed, torch_random_seed=plan.seed,
             fewshot_random_seed=plan.seed, bootstrap_iters=1000,
-        )
+        ) for shots, tasks in passes.items()]
     except (ConnectionError, OSError) as exc:
         raise dataset_unavailable(exc) from None
+    results = merge(outputs)
     (out_dir / RAW_FILE).write_text(json.dumps(results, indent=2, default=str))
-    return Measured(flatten(results), directions(results), str(results.get("config", {}).get("model_dtype") or "auto"))
+    reported = reported_tasks(plan.tasks)
+    metrics = {t: m for t, m in flatten(results).items() if t in reported}
+    declared = {t: d for t, d in directions(results).items() if t in reported}
+    return Measured(metrics, declared, str(results.get("config", {}).get("model_dtype") or "auto"))
+
+
+def merge(outputs: list[dict]) -> dict:
+    """The harness outputs of several passes as one: per-task sections joined, the first pass's config."""
+    if len(outputs) == 1:
+        return outputs[0]
+    merged = dict(outputs[0])
+    for section in ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better",
+                    "n-samples"):
+        joined: dict = {}
+        for output in outputs:
+            joined.update(output.get(section) or {})
+        merged[section] = joined
+    return merged
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.tasks import bundled_tasks, suite
+from factory.tasks import bundled_tasks, suite, suite_fewshot
 
 if TYPE_CHECKING:
     from factory.recipe import Evaluation
@@ -31,26 +31,41 @@ class EvalPlan:
     limit: int | None
     num_fewshot: int
     seed: int
+    task_fewshot: tuple[tuple[str, int], ...] = ()  # tasks run with other few-shot counts (the suite's protocol)
 
     @classmethod
     def for_model(cls, evaluation: "Evaluation", kind: str) -> "EvalPlan":
         tasks, ppl = suite(evaluation.suite, kind)
+        tasks = tuple(evaluation.tasks if evaluation.tasks is not None else tasks)
+        shots = {} if evaluation.num_fewshot is not None else suite_fewshot(evaluation.suite, kind)
         return cls(
             kind=kind,
             harness="lmms-eval" if kind == "llava-next" else "lm-eval",
-            tasks=tuple(evaluation.tasks if evaluation.tasks is not None else tasks),
+            tasks=tasks,
             perplexity=tuple(evaluation.perplexity if evaluation.perplexity is not None else ppl),
             perplexity_seq_len=evaluation.perplexity_seq_len,
             backend=evaluation.backend,
             batch_size=evaluation.batch_size,
             limit=evaluation.limit,
-            num_fewshot=evaluation.num_fewshot,
+            num_fewshot=evaluation.num_fewshot or 0,
             seed=evaluation.seed,
+            task_fewshot=tuple(sorted((t, n) for t, n in shots.items() if t in tasks)),
         )
+
+    def fewshot_groups(self) -> dict[int, list[str]]:
+        """{shots: tasks}: one harness pass per few-shot count, tasks in the plan's order."""
+        own = dict(self.task_fewshot)
+        groups: dict[int, list[str]] = {}
+        for task in self.tasks:
+            groups.setdefault(own.get(task, self.num_fewshot), []).append(task)
+        return groups
 
     def settings(self) -> dict:
         """Everything that changes the figures: the plan and the harness's version."""
-        return {**asdict(self), "harness_version": harness_version(self.harness),
+        plan = asdict(self)
+        if not plan["task_fewshot"]:
+            del plan["task_fewshot"]  # plans without per-task counts keep the keys they had before the field
+        return {**plan, "harness_version": harness_version(self.harness),
                 "bundled_tasks_digest": bundled_tasks_digest() if BUNDLED_TASKS & set(self.tasks) else None}
 
     def key(self) -> str:

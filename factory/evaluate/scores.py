@@ -1,13 +1,14 @@
 """Base vs. quantized: recovery per task and metric, the mean recovery, and quality gates.
 
 Recovery is quantized/base for accuracy-like metrics and base/quantized for perplexity-like
-ones, so 1.0 means "kept everything" either way. The mean is over each task's primary metric.
+ones, so 1.0 means "kept everything" either way. The mean is over each task's primary metric
+(a group's reported categories, MMLU's four, are inside the group's own figure and not counted again).
 """
 
 from __future__ import annotations
 
 from factory.recipe import Gate, Gates
-from factory.tasks import primary_metric
+from factory.tasks import is_reported_subtask, primary_metric
 
 def _name_says_lower(metric: str) -> bool:
     # Only for a metric whose harness declared no direction (lm-eval declares one per metric).
@@ -34,7 +35,7 @@ def compare(base: dict[str, dict[str, float]], quantized: dict[str, dict[str, fl
             row = {"base": reference, "quantized": value, "recovery": recovery, "higher_is_better": higher,
                    "primary": metric == primary}
             tasks.setdefault(task, {})[metric] = row
-            if metric == primary and recovery is not None:
+            if metric == primary and recovery is not None and not is_reported_subtask(task):
                 primary_recoveries.append(recovery)
     mean = sum(primary_recoveries) / len(primary_recoveries) if primary_recoveries else None
     return {"tasks": tasks, "mean_recovery": mean}

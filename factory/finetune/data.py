@@ -95,8 +95,30 @@ def check_file(path: Path) -> str | None:
     return None
 
 
-def load_records(source: str, path: Path | None = None, samples: int | None = None) -> list[dict]:
-    """The fine-tuning records of a recipe's data block."""
+def alpaca_commit(revision: str) -> str:
+    """The commit of tatsu-lab/alpaca that `revision` (branch, tag or commit) names now: the data is read at
+    that commit and the card records it, so a build says exactly which Alpaca it was trained on."""
+    from factory.errors import UserError
+    from factory.safepath import COMMIT
+
+    if COMMIT.fullmatch(revision):
+        return revision
+    from huggingface_hub import HfApi
+
+    from factory.net import configure_hub_client, hub_timeout
+
+    configure_hub_client()
+    try:
+        return HfApi().dataset_info(ALPACA_HUB_ID, revision=revision, timeout=hub_timeout()).sha
+    except Exception as exc:  # offline, unknown revision, hub errors: all mean "cannot say which commit"
+        raise UserError(f"finetune.data: revision {revision!r} of the Alpaca dataset ({ALPACA_HUB_ID}) could not be "
+                        f"resolved on the Hub ({type(exc).__name__}); pin a 40-hex commit, or use "
+                        "finetune.data.source: demo or file offline") from None
+
+
+def load_records(source: str, path: Path | None = None, samples: int | None = None,
+                 revision: str | None = None) -> list[dict]:
+    """The fine-tuning records of a recipe's data block (`revision`: the Alpaca commit to read, see alpaca_commit)."""
     if source == "demo":
         records = read_file(DEMO_FILE)
     elif source == "file":
@@ -107,7 +129,7 @@ def load_records(source: str, path: Path | None = None, samples: int | None = No
         try:
             from datasets import load_dataset
 
-            dataset = load_dataset(ALPACA_HUB_ID, split="train")
+            dataset = load_dataset(ALPACA_HUB_ID, split="train", revision=revision)
         except Exception as exc:  # offline, no such dataset, hub errors: all mean "not reachable"
             raise UserError(f"finetune: the Alpaca dataset ({ALPACA_HUB_ID}) could not be loaded from the Hub "
                             f"({type(exc).__name__}); use finetune.data.source: demo or file offline") from None
@@ -117,10 +139,12 @@ def load_records(source: str, path: Path | None = None, samples: int | None = No
     return records[:samples] if samples else records
 
 
-def describe(source: str, path: str | None, n_records: int) -> str:
+def describe(source: str, path: str | None, n_records: int, commit: str | None = None) -> str:
     """What the card says the model was trained on."""
     if source == "alpaca":
-        return f"Stanford Alpaca ([{ALPACA_HUB_ID}](https://huggingface.co/datasets/{ALPACA_HUB_ID})), {n_records} records"
+        at = f" at commit `{commit}`" if commit else ""
+        return (f"Stanford Alpaca ([{ALPACA_HUB_ID}](https://huggingface.co/datasets/{ALPACA_HUB_ID})){at}, "
+                f"{n_records} records")
     if source == "demo":
         return (f"the factory's bundled demo set ({n_records} small synthetic Alpaca-format records: "
                 "smoke data, not a benchmark)")

@@ -53,7 +53,7 @@ def check_targets(targets: list[str], base_dir: Path, model_id: str) -> None:
 
 def finetune(build: Build, log=print) -> StageResult:
     """Fine-tune one (recipe, model), or skip it when a finished build has the same fingerprint."""
-    from factory.finetune.data import describe, load_records
+    from factory.finetune.data import alpaca_commit, describe, load_records
 
     settings = build.settings
     ft = settings.finetune
@@ -65,12 +65,15 @@ def finetune(build: Build, log=print) -> StageResult:
     base = fetch_base(build.entry, build.recipe_dir)
     check_targets(ft.lora.target_modules, base.path, build.entry.id)
     data_path = build.recipe_dir / ft.data.path if ft.data.path else None
-    records = load_records(ft.data.source, data_path, ft.data.samples)
+    commit = alpaca_commit(ft.data.revision) if ft.data.source == "alpaca" else None
+    records = load_records(ft.data.source, data_path, ft.data.samples, revision=commit)
     work_dir = build.dir / WORK / build.fingerprint()
 
     def work(out: Path) -> dict:
         figures = build.method.train(base.path, settings, records, out, work_dir, log)
-        figures["data"] = describe(ft.data.source, ft.data.path, len(records))
+        figures["data"] = describe(ft.data.source, ft.data.path, len(records), commit)
+        if commit:
+            figures["data_commit"] = commit
         _point_adapter_at_hub_base(out, build)
         write_build_recipe(out, build)
         return {**figures, "base_model_path": str(base.path), "base_revision": base.revision,
