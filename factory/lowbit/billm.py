@@ -74,6 +74,20 @@ def residual_binarize(values: Tensor, mask: Tensor) -> tuple[Tensor, tuple[Tenso
     return first + second, (mean1, scale1, mean2, scale2)
 
 
+def _residual_error(values: Tensor, mask: Tensor) -> Tensor:
+    """sum over the mask of (w - b1 - b2)^2 for residual_binarize, without building b1 + b2: the second
+    stage binarizes r = w - b1 around its mean, so its error is sum (r - mu2)^2 - n a2^2 (see
+    _search_break_point); the same figure up to rounding, in about half the tensor passes."""
+    counts = mask.sum(dim=-1, keepdim=True)
+    n = counts.clamp(min=1)
+    centred = values - (values * mask).sum(dim=-1, keepdim=True) / n
+    scale = (centred.abs() * mask).sum(dim=-1, keepdim=True) / n
+    residual = centred - scale * signs(centred)
+    residual = residual - (residual * mask).sum(dim=-1, keepdim=True) / n
+    residual_scale = (residual.abs() * mask).sum(dim=-1, keepdim=True) / n
+    return (residual.pow(2) * mask).sum() - (counts * residual_scale.pow(2)).sum()
+
+
 def _search_salient_columns(block: Tensor, column_salience: Tensor, max_columns: int) -> int:
     """Number of top-salience columns whose separate residual binarization minimises the block error."""
     order = column_salience.argsort(descending=True)
@@ -82,29 +96,39 @@ def _search_salient_columns(block: Tensor, column_salience: Tensor, max_columns:
         salient = torch.zeros(block.shape[1], dtype=torch.bool, device=block.device)
         salient[order[:count]] = True
         salient = salient.expand_as(block)
-        salient_part, _ = residual_binarize(block, salient)
-        rest_part, _ = residual_binarize(block, ~salient)
-        error = (block - salient_part - rest_part).pow(2).sum().item()
+        error = (_residual_error(block, salient) + _residual_error(block, ~salient)).item()
         if error < best_error:
             best_count, best_error = count, error
     return best_count
 
 
 def _search_break_point(block: Tensor, non_salient: Tensor, chunk: int = 16) -> float:
-    """Break point p* of the bell-shaped split minimising the non-salient binarization error (BiLLM eq. 8)."""
+    """Break point p* of the bell-shaped split minimising the non-salient binarization error (BiLLM eq. 8).
+
+    Without building the approximations: for a group G of n values binarized
+    as mu + a sign(w - mu) (mu the mean, a = mean |w - mu|), the squared error is
+    sum (w - mu)^2 - n a^2 = sum w^2 - n mu^2 - n a^2, so only masked sums are needed."""
     magnitudes = block.abs()
     candidates = torch.quantile(magnitudes[non_salient], SPLIT_QUANTILES.to(block.device))
-    best_point, best_error = candidates[0].item(), float("inf")
-    for start in range(0, len(candidates), chunk):  # a few candidates at a time keeps memory at ~chunk blocks
-        points = candidates[start:start + chunk].view(-1, 1, 1)
-        concentrated = non_salient & (magnitudes <= points)
-        sparse = non_salient & (magnitudes > points)
-        approximation = binarize(block, concentrated)[0] + binarize(block, sparse)[0]
-        errors = ((block - approximation) * non_salient).pow(2).sum(dim=(1, 2))
-        index = int(errors.argmin())
-        if errors[index].item() < best_error:
-            best_point, best_error = points.view(-1)[index].item(), errors[index].item()
-    return best_point
+    values = block * non_salient  # zeros outside the non-salient weights
+    squares = values.pow(2)
+    all_counts, all_sums, all_squares = non_salient.sum(dim=-1), values.sum(dim=-1), squares.sum(dim=-1)
+
+    def binarization_error(counts: Tensor, sums: Tensor, total: Tensor, mask: Tensor) -> Tensor:
+        mean = sums / counts.clamp(min=1)
+        deviation = ((block - mean.unsqueeze(-1)).abs() * mask).sum(dim=-1)
+        return (total - counts * mean.pow(2) - deviation.pow(2) / counts.clamp(min=1)).sum(dim=-1)
+
+    errors = []
+    for start in range(0, len(candidates), chunk):  # a few candidates at a time: tensors of ~chunk blocks
+        concentrated = non_salient & (magnitudes <= candidates[start:start + chunk].view(-1, 1, 1))
+        counts = concentrated.sum(dim=-1)
+        sums = (values * concentrated).sum(dim=-1)
+        total = (squares * concentrated).sum(dim=-1)
+        errors.append(binarization_error(counts, sums, total, concentrated)
+                      + binarization_error(all_counts - counts, all_sums - sums, all_squares - total,
+                                           non_salient & ~concentrated))
+    return candidates[int(torch.cat(errors).argmin())].item()
 
 
 def quantize_weight(weight: Tensor, hessian: Tensor, *, block_size: int = DEFAULT_BLOCK_SIZE,
