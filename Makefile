@@ -30,8 +30,9 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCKS)
 demo: $(VENV)/.installed
 	$(BIN)/factory publish recipes/demo-smollm2-gptq-4bit.yaml --to hub
 
+# Two workers (pytest-xdist), one file each at a time, so a module's fixtures (the SmolLM2 builds) are made once.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # Re-resolve every lock from pyproject.toml and locks/*.in. To upgrade one package only:
 #   make lock UPGRADE='--upgrade-package transformers'

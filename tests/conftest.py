@@ -17,15 +17,21 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
 os.environ.setdefault("LOGURU_LEVEL", "WARNING")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# `make test` runs two pytest-xdist workers on 2 cores: one torch thread each (and in the processes they
+# start), since two processes of two OpenMP threads each spin against each other and run several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "factory" / "data"
 
 
 def pytest_collection_modifyitems(config, items):
-    """Import and lock checks first: a broken environment fails in seconds, not after a model run."""
-    first = ("test_imports.py", "test_locks.py")
-    items.sort(key=lambda item: 0 if item.path.name in first else 1)
+    """Import and lock checks first: a broken environment fails in seconds, not after a model run. Then
+    the longest file (the real-model builds), so that under pytest-xdist one worker starts on it at once
+    while the other takes the rest, instead of it starting last and running alone."""
+    order = {"test_imports.py": 0, "test_locks.py": 0, "test_smollm2_ordering.py": 1}
+    items.sort(key=lambda item: order.get(item.path.name, 2))
     # The GPU tier (tests marked `gpu`, bench/gpu_check.sh) needs a CUDA device; without one it is skipped.
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if gpu_tests:
