@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "effective_bits": stage.get("effective_bits"), "paper_bits": stage.get("paper_bits"),
                                    "format": stage.get("format")}
         print(f"{name}: {figures['builds'][name]}", flush=True)
+        if args.json:  # after every build: a run stopped part way still leaves what it measured
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
     figures["load_end"] = os.getloadavg()[0]
 
     b = figures["builds"]
