@@ -154,6 +154,23 @@ def test_smollm2_vocab_is_written_as_its_own_gguf_says(tmp_path):
     assert written == shipped
 
 
+def test_demo_base_ends_and_pads_where_its_gguf_says():
+    """The converted demo base's tokenizer, config and generation config agree with the GGUF it came from
+    (transformers 5.17's GGUF tokenizer alone would end generation at <|im_start|>, the BOS)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from factory.models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
+
+    base = _smollm2_checkpoint()
+    shipped = _fields(_smollm2_package_dir() / SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    eos = shipped["tokenizer.ggml.eos_token_id"]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == eos
+    assert tokenizer.bos_token_id == shipped["tokenizer.ggml.bos_token_id"] != eos
+    assert tokenizer.pad_token_id == shipped["tokenizer.ggml.padding_token_id"]
+    assert AutoConfig.from_pretrained(base).eos_token_id == GenerationConfig.from_pretrained(base).eos_token_id == eos
+
+
 @pytest.mark.slow
 def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     """Q8_0 (the quickest type to write): the file's own tokenizer gives the base tokenizer's ids on real text,
