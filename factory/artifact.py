@@ -42,7 +42,8 @@ class Artifact:
     def loaded_as(self) -> str | None:
         """How evaluation loads it, where that differs from how a user runs it."""
         if self.kind == "gguf":
-            return "GGUF file through transformers (gguf_file=), weights dequantized on load"
+            return ("GGUF file through transformers (gguf_file=), weights dequantized on load, tokenized with the "
+                    "base model's tokenizer (which the file's tokenizer metadata reproduces, checked at build time)")
         return None
 
     def load_kwargs(self) -> dict:
@@ -73,14 +74,20 @@ class Artifact:
         if self.kind == "adapter":
             return {"pretrained": str(self.base_path), "peft": str(self.path)}
         if self.kind == "gguf":
-            return {"pretrained": str(self.path), "gguf_file": self.gguf_file}
+            # transformers' GGUF tokenizer reader is not exact for every model (LLaMA-3): the base's tokenizer,
+            # which the file's metadata was checked to reproduce, is what llama.cpp's tokenization equals
+            return {"pretrained": str(self.path), "gguf_file": self.gguf_file,
+                    **({"tokenizer": str(self.base_path)} if self.base_path else {})}
         return {"pretrained": str(self.path)}
 
     def preprocessor(self, model_kind: str):
-        """The tokenizer (or processor) that comes with the artifact: the GGUF's own for a GGUF."""
+        """The tokenizer (or processor) that comes with the artifact; for a GGUF, the base model's (see
+        harness_model_args), or the file's own where the base is not known."""
         from factory.loading import load_preprocessor
 
         if self.kind == "gguf":
+            if self.base_path:
+                return load_preprocessor(model_kind, self.base_path)
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(self.path, gguf_file=self.gguf_file)

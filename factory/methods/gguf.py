@@ -13,7 +13,9 @@ rounded as `llama-quantize` rounds it without an importance matrix, and the type
 256-weight super-blocks fall back to a 32-block type, as in llama.cpp (SmolLM2's 576-wide layers:
 Q4_K -> Q5_0); the manifest and the card count the tensor types actually written.
 
-Tokenizer metadata is written as llama.cpp writes it, with two repairs of what auto-round's
+Tokenizer metadata is written as llama.cpp writes it (and checked against the base tokenizer after
+writing: `gguf_vocab.check_tokenizer`; evaluation then tokenizes with the base tokenizer, since
+transformers' reader of GGUF tokenizers is not exact for LLaMA-3's), with two repairs of what auto-round's
 export does by itself:
 - llama.cpp's `LlamaModel.set_vocab` first tries SentencePiece and imports `sentencepiece` even
   for BPE tokenizers; here a checkpoint without `tokenizer.model` goes straight on (what
@@ -146,6 +148,9 @@ class GGUF(QuantMethod):
         facts = describe_gguf(target)
         if facts["file_type"] != gguf_type:
             raise RuntimeError(f"the GGUF says file type {facts['file_type']}, not {gguf_type}")
+        from factory.methods.gguf_vocab import check_tokenizer
+
+        facts["tokenizer_check"] = check_tokenizer(target, base_dir)
         return {"engine": "auto-round GGUF export (llama.cpp conversion)", "format": self.output_format,
                 "peak_gpu_mb": peak_gpu_mb(), "device": device, "compute_dtype": dtype,
                 "gguf_file": target.name, "gguf_type": gguf_type, **facts}
@@ -165,7 +170,11 @@ class GGUF(QuantMethod):
             format=f"GGUF {gguf_type}",
             tags=("gguf", "llama-cpp", gguf_type.lower()),
             load_note=("transformers can load the file too (`gguf_file=`), but it dequantizes the weights to full "
-                       "size on load: that is how the scores above were measured, with the file's own tokenizer. "
+                       "size on load: that is how the scores above were measured, with the base model's tokenizer. "
+                       "The file's tokenizer metadata was checked at build time to hold the base tokenizer's tokens, "
+                       "merges and BOS/EOS ids, so llama.cpp tokenizes as the base does; transformers' own reading "
+                       "of a GGUF tokenizer is not exact for every model (for LLaMA-3 it splits numbers "
+                       "differently), so load the tokenizer from the base model when you use transformers. "
                        "For the memory saving, use llama.cpp or Ollama."),
             serve_note=serve,
             library_name="gguf",  # the Hub files GGUF repos under library "gguf" (models?library=gguf)

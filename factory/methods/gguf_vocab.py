@@ -68,3 +68,47 @@ def copy_tokenizer_metadata(source: Path, writer, vocab_size: int | None) -> Non
         vtype = field.types[0]
         sub_type = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         writer.add_key_value(name, field.contents(), vtype, sub_type=sub_type)
+
+
+def check_tokenizer(gguf_path: Path, base_dir: Path) -> dict:
+    """The GGUF's tokenizer reproduces the base's: the same token strings by id, the same BPE merges in
+    order and the same BOS/EOS ids. With those equal, llama.cpp tokenizes the file as the base does, its
+    pre-tokenizer regex being the one its converter named (`tokenizer.ggml.pre`, from the hash of the
+    base tokenizer's own output). Checked here because transformers' GGUF tokenizer reader is not exact
+    for every type: for LLaMA-3's it applies GPT-2's split regex (numbers are not cut into 1-3 digits)
+    and takes the BOS as EOS, so its ids are not llama.cpp's. Raises RuntimeError naming the first
+    difference; returns what was compared."""
+    import json
+
+    from gguf import GGUFReader
+    from transformers import AutoTokenizer
+
+    reader = GGUFReader(gguf_path)
+
+    def value(name: str):
+        field = reader.fields.get(name)
+        return field.contents() if field is not None else None
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokens = value("tokenizer.ggml.tokens") or []
+    base_tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    if len(tokens) < len(base_tokens):
+        raise RuntimeError(f"the GGUF has {len(tokens)} tokens, the base tokenizer {len(base_tokens)}")
+    for i, (mine, theirs) in enumerate(zip(tokens, base_tokens)):
+        if mine != theirs:
+            raise RuntimeError(f"the GGUF's token {i} is {mine!r}, the base tokenizer's {theirs!r}")
+    model = json.loads((Path(base_dir) / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    base_merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    merges = value("tokenizer.ggml.merges") or []
+    if merges != base_merges:
+        first = next((i for i, (a, b) in enumerate(zip(merges, base_merges)) if a != b), min(len(merges), len(base_merges)))
+        raise RuntimeError(f"the GGUF's BPE merges differ from the base tokenizer's from merge {first} "
+                           f"({len(merges)} against {len(base_merges)})")
+    special = {}
+    for role in ("bos", "eos"):
+        mine, theirs = value(f"tokenizer.ggml.{role}_token_id"), getattr(tokenizer, f"{role}_token_id")
+        if theirs is not None and mine != theirs:
+            raise RuntimeError(f"the GGUF's {role.upper()} id is {mine}, the base tokenizer's {theirs}")
+        special[role] = mine
+    return {"tokens": len(tokens), "merges": len(merges), "special_ids": special,
+            "pre_tokenizer": value("tokenizer.ggml.pre"), "model": value("tokenizer.ggml.model")}
