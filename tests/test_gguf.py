@@ -192,13 +192,18 @@ def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     assert artifact.gguf_file == "model-Q8_0.gguf" and record.get("gguf_type") == "Q8_0"
     assert record.get("tokenizer_model") == "gpt2" and record.get("tokenizer_pre") == "smollm"
     assert set(record.get("tensor_types")) <= {"Q8_0", "F32"}
-    assert artifact.harness_model_args() == {"pretrained": str(build.model_dir), "gguf_file": "model-Q8_0.gguf"}
+    base_dir = _smollm2_checkpoint()
+    # evaluation: the file's weights, the base's tokenizer (which the build checked the file reproduces)
+    assert artifact.harness_model_args() == {"pretrained": str(build.model_dir), "gguf_file": "model-Q8_0.gguf",
+                                             "tokenizer": str(base_dir)}
+    check = record.get("tokenizer_check")
+    assert check["tokens"] == 49152 and check["special_ids"]["eos"] == 2
     assert sorted(artifact.upload_files()) == ["factory_recipe.yaml", "model-Q8_0.gguf"]
 
-    base_dir = _smollm2_checkpoint()
     text = (DATA / "demo_heldout.txt").read_text(encoding="utf-8")
     base_ids = AutoTokenizer.from_pretrained(base_dir)(text)["input_ids"]
-    gguf_tokenizer = artifact.preprocessor("causal-lm")
+    # for SmolLM2, transformers' own reading of the file's tokenizer gives the same ids too
+    gguf_tokenizer = AutoTokenizer.from_pretrained(build.model_dir, gguf_file=artifact.gguf_file)
     gguf_ids = gguf_tokenizer(text)["input_ids"]
     assert gguf_ids == base_ids
     assert gguf_tokenizer.bos_token_id == 1
