@@ -187,11 +187,12 @@ def describe_gguf(path: Path) -> dict:
 
     from gguf import GGUFReader, LlamaFileType
 
+    from factory.methods.gguf_vocab import field_value
+
     reader = GGUFReader(path)
 
     def value(name: str):
-        field = reader.fields.get(name)
-        return field.contents() if field is not None else None
+        return field_value(reader, name)
 
     file_type = value("general.file_type")
     name = LlamaFileType(file_type).name.removeprefix("MOSTLY_") if file_type is not None else None

@@ -70,6 +70,12 @@ def copy_tokenizer_metadata(source: Path, writer, vocab_size: int | None) -> Non
         writer.add_key_value(name, field.contents(), vtype, sub_type=sub_type)
 
 
+def field_value(reader, name: str):
+    """A GGUF metadata value (GGUFReader), or None where the file has no such key."""
+    field = reader.fields.get(name)
+    return field.contents() if field is not None else None
+
+
 def check_tokenizer(gguf_path: Path, base_dir: Path) -> dict:
     """The GGUF's tokenizer reproduces the base's: the same token strings by id, the same BPE merges in
     order and the same BOS/EOS ids. With those equal, llama.cpp tokenizes the file as the base does, its
@@ -86,8 +92,7 @@ def check_tokenizer(gguf_path: Path, base_dir: Path) -> dict:
     reader = GGUFReader(gguf_path)
 
     def value(name: str):
-        field = reader.fields.get(name)
-        return field.contents() if field is not None else None
+        return field_value(reader, name)
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     tokens = value("tokenizer.ggml.tokens") or []
