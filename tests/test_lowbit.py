@@ -183,6 +183,53 @@ def test_billm_bits_follow_the_documented_formulas(layer):
     assert 2.8 < result.effective_bits < 3.2
 
 
+def _built_error(block, approximation, mask):
+    return float(((block - approximation) * mask).pow(2).sum())
+
+
+def brute_force_salient_columns(block, salience, max_columns):
+    """The definition: residual-binarize the top-k columns and the rest for every k, keep the best."""
+    order = salience.argsort(descending=True)
+    errors = []
+    for count in range(1, min(max_columns, block.shape[1] - 1) + 1):
+        salient = torch.zeros(block.shape[1], dtype=torch.bool)
+        salient[order[:count]] = True
+        salient = salient.expand_as(block)
+        approximation = billm.residual_binarize(block, salient)[0] + billm.residual_binarize(block, ~salient)[0]
+        errors.append(_built_error(block, approximation, torch.ones_like(block)))
+    return 1 + min(range(len(errors)), key=errors.__getitem__)
+
+
+def brute_force_break_point(block, salient_column):
+    """The definition: binarize |w| <= p and |w| > p separately for every candidate p, keep the best."""
+    non_salient = (~salient_column).expand_as(block)
+    candidates = torch.quantile(block.abs()[non_salient], billm.SPLIT_QUANTILES)
+    errors = []
+    for point in candidates:
+        concentrated = non_salient & (block.abs() <= point)
+        approximation = (billm.binarize(block, concentrated)[0]
+                         + billm.binarize(block, non_salient & ~concentrated)[0])
+        errors.append(_built_error(block, approximation, non_salient))
+    return candidates[min(range(len(errors)), key=errors.__getitem__)].item()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_billm_searches_choose_what_building_every_candidate_chooses(seed):
+    """The searches score candidates from sorted prefix sums; the choice must be the one that building
+    each candidate's approximation and measuring its error makes (Gaussian and heavy-tailed blocks)."""
+    generator = torch.Generator().manual_seed(seed)
+    block = torch.randn(96, BLOCK, generator=generator) * 0.02
+    if not seed % 2:  # Student-t with 3 degrees of freedom: z / sqrt(chi2_3 / 3)
+        block = block / (torch.randn(3, 96, BLOCK, generator=generator).pow(2).mean(dim=0)).sqrt() / 2
+    block[:, seed:seed + 3] *= 2 + seed  # a few strong columns, so the salient count is not trivially 1
+    salience = block.pow(2).sum(dim=0) * torch.rand(BLOCK, generator=generator)
+    count = billm._search_salient_columns(block, salience, billm.DEFAULT_MAX_SALIENT_COLUMNS)
+    assert count == brute_force_salient_columns(block, salience, billm.DEFAULT_MAX_SALIENT_COLUMNS)
+    salient_column = torch.zeros(BLOCK, dtype=torch.bool)
+    salient_column[salience.argsort(descending=True)[:count]] = True
+    assert billm._search_break_point(block, salient_column) == brute_force_break_point(block, salient_column)
+
+
 # --- SliM-LLM ---------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
