@@ -3,10 +3,14 @@
 #
 #   1. the GPU test tier: `pytest -m gpu tests/test_gpu.py` (every method on tiny random Llama and
 #      LLaVA-Next models on CUDA, bitsandbytes NF4/INT8, hf evaluation and the speed measurement);
-#   2. bench/gpu_70b_layers.py: GPTQ and AWQ at the LLaMA-3-70B layer shape, 1 and 2 layers,
+#   2. bench/gpu_layers.py: GPTQ and AWQ at the LLaMA-3-70B layer shape, 1 and 2 layers,
 #      extrapolated to 80;
 #   3. bench/gpu_gptq_shapes.py: GPTQ W4A16 at the LLaMA-3-8B shape, factory vs plain llm-compressor
-#      (16 x 2048 calibration tokens here, to fit the budget; the README's 227 s is 128 x 2048).
+#      (16 x 2048 calibration tokens here, to fit the budget; the README's 227 s is 128 x 2048);
+#   4. (only when named) lowbit-8b-layers: bench/gpu_layers.py at the LLaMA-3-8B layer shape, one
+#      layer, GPTQ 2-bit beside BiLLM and AutoRound (200 iterations): their cost against GPTQ's.
+#
+# Parts 1-3 run by default; name parts to run only those: `bash bench/gpu_check.sh lowbit-8b-layers`.
 #
 # Each part has its own time limit (they add up to under 8 minutes); one that runs out is recorded as
 # timed out and the next one starts. Results go to $RESULTS_DIR (default bench/results/), in a folder
@@ -42,9 +46,12 @@ summary="$out/summary.txt"
   "$PY" -c 'import sys, torch, transformers; print(f"python {sys.version.split()[0]}, torch {torch.__version__}, transformers {transformers.__version__}")'
 } > "$summary"
 
+PARTS=" ${*:-gpu-tests 70b-layers gptq-8b-shape} "
+
 part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log it, record status and seconds
   local name="$1" limit="$2"
   shift 2
+  [[ "$PARTS" == *" $name "* ]] || return 0
   local started=$SECONDS
   echo "== $name (limit ${limit} s)"
   timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
@@ -56,9 +63,11 @@ part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log it, record 
 }
 
 part gpu-tests 150 "$PY" -m pytest -q -m gpu -p no:cacheprovider --junitxml "$out/gpu-tests.xml" tests/test_gpu.py
-part 70b-layers 160 "$PY" bench/gpu_70b_layers.py --depths 1,2 --samples 16 --seq-len 2048 --json "$out/70b-layers.json"
+part 70b-layers 160 "$PY" bench/gpu_layers.py --depths 1,2 --samples 16 --seq-len 2048 --json "$out/70b-layers.json"
 part gptq-8b-shape 160 "$PY" bench/gpu_gptq_shapes.py --samples 16 --seq-len 2048 --build-device cuda \
   --json "$out/gptq-8b-shape.json"
+part lowbit-8b-layers 420 "$PY" bench/gpu_layers.py --shape 8b --depths 1 --samples 16 --seq-len 2048 \
+  --methods gptq-2bit,billm-1.1bit,autoround-2bit --json "$out/lowbit-8b-layers.json"
 
 echo "== summary ($out)"
 cat "$summary"

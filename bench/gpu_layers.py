@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""GPTQ and AWQ at the LLaMA-3-70B layer shape, a few layers, extrapolated to 80: what a 70B build costs.
+"""Quantization cost at the LLaMA-3-70B or -8B layer shape, a few layers, extrapolated to the full depth.
 
-LLaMA-3-70B: hidden 8192, intermediate 28672, 64 attention heads, 8 KV heads, vocabulary 128256,
-80 layers. A randomly initialised checkpoint of that shape but only a few layers is built on the
-GPU (gpu_gptq_shapes.py's builder, its own process), then `factory quantize` runs GPTQ and AWQ
-W4A16-g128 on it, each in its own process, at two depths. llm-compressor calibrates one layer at a
-time (sequential onloading), so wall time grows by a fixed amount per layer:
+LLaMA-3-70B: hidden 8192, intermediate 28672, 64 attention heads, 8 KV heads, 80 layers;
+LLaMA-3-8B: hidden 4096, intermediate 14336, 32 heads, 8 KV heads, 32 layers (vocabulary 128256).
+A randomly initialised checkpoint of that shape but only a few layers is built on the GPU
+(gpu_gptq_shapes.py's builder, its own process), then `factory quantize` runs each build, each in
+its own process, at two depths. Every method here calibrates one layer at a time (llm-compressor's
+sequential onloading; the factory's own PB-LLM/BiLLM/SliM-LLM loop), so wall time grows by a fixed
+amount per layer:
 
-    t(L) = overhead + L * per_layer   ->   t(80) = overhead + 80 * per_layer
+    t(L) = overhead + L * per_layer   ->   t(full) = overhead + full_depth * per_layer
 
-fitted through the two depths (or t(L) * 80 / L from one). Peak GPU memory is per layer and does not
-grow with depth; peak RSS grows with the model held on the CPU and is extrapolated the same way.
+fitted through the two depths (or t(L) * full / L from one). Peak GPU memory is per layer and does
+not grow with depth; peak RSS grows with the model held on the CPU and is extrapolated the same way.
+Random weights: the times and memory are the real method's, the quality is not measured here.
 
-    python bench/gpu_70b_layers.py --json bench/results/70b.json       # GPU: depths 2 and 4, 32 x 2048
-    python bench/gpu_70b_layers.py --tiny                               # CPU smoke test, scaled-down shape
+Builds (--methods): gptq and awq (W4A16-g128, the default), gptq-2bit, billm-1.1bit, pb-llm-2bit,
+slim-llm-2bit and autoround-2bit (W2A16-g128; --autoround-iters, the recipes' 200 by default).
+
+    python bench/gpu_layers.py --json bench/results/70b.json            # GPU: 70B shape, depths 2 and 4
+    python bench/gpu_layers.py --shape 8b --methods gptq-2bit,billm-1.1bit,autoround-2bit --depths 1,2
+    python bench/gpu_layers.py --tiny                                   # CPU smoke test, scaled-down shape
 
 Without CUDA (and without --tiny) it prints one line and exits 0.
 """
@@ -38,16 +45,29 @@ from measure import bench_env, fmt, run_child, table  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SHAPES = HERE / "gpu_gptq_shapes.py"
-FULL_LAYERS = 80
-SHAPE_70B = {"hidden": 8192, "intermediate": 28672, "heads": 64, "kv_heads": 8, "vocab": 128256}
-SHAPE_TINY = {"hidden": 256, "intermediate": 896, "heads": 8, "kv_heads": 2, "vocab": 1024}
-METHOD_BLOCKS = {"gptq": "gptq: {dampening_frac: 0.01}\n", "awq": ""}
+SHAPES_BY_NAME = {  # full depth and layer shape
+    "70b": {"layers": 80, "hidden": 8192, "intermediate": 28672, "heads": 64, "kv_heads": 8, "vocab": 128256},
+    "8b": {"layers": 32, "hidden": 4096, "intermediate": 14336, "heads": 32, "kv_heads": 8, "vocab": 128256},
+}
+TINY_LAYER = {"hidden": 256, "intermediate": 896, "heads": 8, "kv_heads": 2, "vocab": 1024}  # multiples of 128
+# build name -> (recipe body after `method:`; {group} is --group-size)
+BUILDS = {
+    "gptq": "gptq\nweights: {{bits: 4, group_size: {group}, symmetric: true}}\ngptq: {{dampening_frac: 0.01}}",
+    "awq": "awq\nweights: {{bits: 4, group_size: {group}, symmetric: true}}",
+    "gptq-2bit": "gptq\nweights: {{bits: 2, group_size: {group}, symmetric: true}}\ngptq: {{dampening_frac: 0.01}}",
+    "autoround-2bit": "autoround\nweights: {{bits: 2, group_size: {group}}}\nautoround: {{iters: {iters}}}",
+    "billm-1.1bit": "billm\nweights: {{bits: 1}}",  # BiLLM, PB-LLM and SliM-LLM fix their blocks at 128
+    "pb-llm-2bit": "pb-llm\nweights: {{bits: 2}}\npb-llm: {{salient_fraction: 0.142857}}",
+    "slim-llm-2bit": "slim-llm\nweights: {{bits: 2}}",
+}
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", choices=sorted(SHAPES_BY_NAME), default="70b", help="LLaMA-3 layer shape")
     p.add_argument("--depths", default="2,4", help="layer counts to time, comma-separated (two give the fit)")
-    p.add_argument("--methods", default="gptq,awq")
+    p.add_argument("--methods", default="gptq,awq", help=f"comma-separated builds: {', '.join(BUILDS)}")
+    p.add_argument("--autoround-iters", type=int, default=200, help="AutoRound's tuning steps per block")
     p.add_argument("--samples", type=int, default=32, help="calibration windows (the recipes use 128)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--group-size", type=int, default=128)
@@ -58,49 +78,52 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def recipe(method: str, checkpoint: Path, a: argparse.Namespace) -> str:
+    body = BUILDS[method].format(group=a.group_size, iters=a.autoround_iters)
     return textwrap.dedent(f"""\
-        name: bench-70b-{method}
-        method: {method}
-        weights: {{bits: 4, group_size: {a.group_size}, symmetric: true}}
+        name: bench-layers-{method}
         calibration: {{source: file, path: calibration.txt, samples: {a.samples}, seq_len: {a.seq_len}, seed: 2}}
         models:
-          - {{id: bench/random-70b-shape, source: local, path: {checkpoint}, kind: causal-lm}}
-        """) + METHOD_BLOCKS[method]
+          - {{id: bench/random-layer-shape, source: local, path: {checkpoint}, kind: causal-lm}}
+        """) + f"method: {body}\n"
 
 
-def fit(points: list[tuple[int, float | None]]) -> dict:
-    """overhead + per_layer * L through the measured (depth, value) points; the value at 80 layers."""
+def fit(points: list[tuple[int, float | None]], full: int) -> dict:
+    """overhead + per_layer * L through the measured (depth, value) points; the value at `full` layers."""
     points = [(d, v) for d, v in points if v is not None]
     if not points:
-        return {"per_layer": None, "overhead": None, "at_80_layers": None}
+        return {"per_layer": None, "overhead": None, "at_full_depth": None}
     if len(points) == 1:
         (d, v), = points
-        return {"per_layer": v / d, "overhead": None, "at_80_layers": v * FULL_LAYERS / d}
+        return {"per_layer": v / d, "overhead": None, "at_full_depth": v * full / d}
     (d1, v1), (d2, v2) = points[0], points[-1]
     per_layer = (v2 - v1) / (d2 - d1)
     if per_layer <= 0:  # the deeper run was not slower: noise swamps the per-layer cost at this size
-        return {"per_layer": v2 / d2, "overhead": None, "at_80_layers": v2 * FULL_LAYERS / d2,
+        return {"per_layer": v2 / d2, "overhead": None, "at_full_depth": v2 * full / d2,
                 "note": f"no growth from {d1} to {d2} layers (noise); the deepest run scaled: an upper bound"}
     overhead = v1 - per_layer * d1
-    return {"per_layer": per_layer, "overhead": overhead, "at_80_layers": overhead + per_layer * FULL_LAYERS}
+    return {"per_layer": per_layer, "overhead": overhead, "at_full_depth": overhead + per_layer * full}
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     import torch
 
+    unknown = sorted(set(a.methods.split(",")) - set(BUILDS))
+    if unknown:
+        sys.exit(f"--methods: unknown build(s) {', '.join(unknown)}; known: {', '.join(BUILDS)}")
     cuda = torch.cuda.is_available()
     if not cuda and not a.tiny:
-        print("no CUDA device: skipping the 70B-layer benchmark (--tiny runs a scaled-down shape as a smoke test)")
+        print("no CUDA device: skipping the layer-shape benchmark (--tiny runs a scaled-down shape as a smoke test)")
         return 0
-    shape = SHAPE_TINY if a.tiny else SHAPE_70B
+    shape = {**SHAPES_BY_NAME[a.shape], **(TINY_LAYER if a.tiny else {})}
+    full = shape["layers"]
     if a.tiny:
         a.samples, a.seq_len, a.group_size = min(a.samples, 4), min(a.seq_len, 64), min(a.group_size, 64)
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     depths = sorted({int(d) for d in a.depths.split(",")})
     methods = a.methods.split(",")
     env = bench_env()
-    scratch = Path(tempfile.mkdtemp(prefix="factory-bench-70b-"))
+    scratch = Path(tempfile.mkdtemp(prefix="factory-bench-layers-"))
     runs = []
     try:
         inputs = scratch / "inputs"
@@ -119,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                             "--heads", str(shape["heads"]), "--kv-heads", str(shape["kv_heads"]),
                             "--vocab", str(shape["vocab"]), "--build-device", "cuda" if cuda else "cpu"],
                            env=env, check=True, cwd=REPO)
-            print(f"built a {depth}-layer checkpoint of the 70B layer shape{' (tiny)' if a.tiny else ''} "
+            print(f"built a {depth}-layer checkpoint of the {a.shape} layer shape{' (tiny)' if a.tiny else ''} "
                   f"in {time.perf_counter() - started:.0f} s", flush=True)
             for method in methods:
                 work = scratch / f"{method}-{depth}"
@@ -128,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{method} at {depth} layers ...", end=" ", flush=True)
                 run = run_child(method, [sys.executable, "-m", "factory.cli", "quantize", str(recipe_file),
                                          "--workdir", str(work)], work / "log.txt", env, cwd=REPO)
-                manifest = work / "builds" / f"bench-70b-{method}" / "bench--random-70b-shape" / "manifest.json"
+                manifest = work / "builds" / f"bench-layers-{method}" / "bench--random-layer-shape" / "manifest.json"
                 stage = json.loads(manifest.read_text())["stages"]["quantize"] if manifest.is_file() else {}
                 if stage.get("status") != "done":
                     tail = (work / "log.txt").read_text().strip().splitlines()[-1:] if (work / "log.txt").is_file() else []
@@ -144,23 +167,23 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    figures = {"device": device, "date": time.strftime("%Y-%m-%d", time.gmtime()), "tiny": a.tiny, "shape": shape,
+    figures = {"device": device, "date": time.strftime("%Y-%m-%d", time.gmtime()), "tiny": a.tiny,
+               "shape_name": a.shape, "shape": shape, "autoround_iters": a.autoround_iters,
                "samples": a.samples, "seq_len": a.seq_len, "group_size": a.group_size, "runs": runs,
                "extrapolated": {}}
-    rows = [("method", "per layer s", "overhead s", f"{FULL_LAYERS} layers (h)", "peak GPU MB",
-             f"RSS at {FULL_LAYERS} layers (GB)")]
+    rows = [("method", "per layer s", "overhead s", f"{full} layers (h)", "peak GPU MB", f"RSS at {full} layers (GB)")]
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
-        time_fit = fit([(r["layers"], r["stage_s"]) for r in mine])
-        rss_fit = fit([(r["layers"], r["peak_rss_mb"]) for r in mine])
+        time_fit = fit([(r["layers"], r["stage_s"]) for r in mine], full)
+        rss_fit = fit([(r["layers"], r["peak_rss_mb"]) for r in mine], full)
         gpu = max((r["peak_gpu_mb"] or 0 for r in mine), default=None) or None
         figures["extrapolated"][method] = {"seconds": time_fit, "peak_rss_mb": rss_fit, "peak_gpu_mb": gpu}
-        hours = time_fit["at_80_layers"] / 3600 if time_fit["at_80_layers"] is not None else None
-        rss = rss_fit["at_80_layers"] / 1024 if rss_fit["at_80_layers"] is not None else None
+        hours = time_fit["at_full_depth"] / 3600 if time_fit["at_full_depth"] is not None else None
+        rss = rss_fit["at_full_depth"] / 1024 if rss_fit["at_full_depth"] is not None else None
         rows.append((method, fmt(time_fit["per_layer"]), fmt(time_fit["overhead"]), fmt(hours, ".2f"),
                      fmt(gpu, ".0f"), fmt(rss, ".1f")))
-    print(f"\n{'tiny shape' if a.tiny else 'LLaMA-3-70B layer shape'} on {device}, {a.samples} x {a.seq_len} "
-          f"calibration tokens, W4A16-g{a.group_size}")
+    print(f"\n{'tiny version of the ' if a.tiny else ''}LLaMA-3-{a.shape.upper()} layer shape on {device}, "
+          f"{a.samples} x {a.seq_len} calibration tokens, group size {a.group_size} (BiLLM, PB-LLM, SliM-LLM: 128)")
     print(table(rows))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
