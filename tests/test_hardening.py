@@ -345,7 +345,8 @@ def test_plan_against_a_hub_that_never_answers_ends(tmp_path, silent):
 
 def test_ctrl_c_ends_a_hung_plan_at_once(tmp_path, silent):
     recipe = hub_recipe(tmp_path)
-    env = {**os.environ, **online(silent.url, FACTORY_HUB_TIMEOUT="120")}
+    # faulthandler: if the process does not end, SIGABRT makes it print every thread's stack (see below)
+    env = {**os.environ, **online(silent.url, FACTORY_HUB_TIMEOUT="120"), "PYTHONFAULTHANDLER": "1"}
     process = subprocess.Popen([sys.executable, "-m", "factory.cli", "plan", str(recipe)], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
@@ -355,7 +356,12 @@ def test_ctrl_c_ends_a_hung_plan_at_once(tmp_path, silent):
     time.sleep(0.3)
     interrupted = time.monotonic()
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=20)
+    try:
+        out, err = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # seen once in a loaded full run (2026-11-27), not reproduced since
+        process.send_signal(signal.SIGABRT)
+        out, err = process.communicate(timeout=20)
+        pytest.fail(f"plan did not end within 20 s of Ctrl-C; its threads when aborted:\n{err[-6000:]}")
     assert time.monotonic() - interrupted < 5
     assert process.returncode == 130
     assert lines(err) == ["interrupted (Ctrl-C): nothing was written (plan only reads)"]
