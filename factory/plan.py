@@ -92,11 +92,22 @@ def lookups(target: Target, repos: list[str], workers: int = 8) -> list[RemoteBu
         threading.Thread(target=worker, name="factory-plan-lookup", daemon=True).start()
     results: list[RemoteBuild | None] = [None] * len(repos)
     for _ in repos:
-        index, remote, error = done.get()  # interruptible: Ctrl-C raises here
+        index, remote, error = _wait_for(done)
         if error is not None:
             raise error
         results[index] = remote
     return results
+
+
+def _wait_for(results: queue.SimpleQueue, poll_s: float = 0.2):
+    """The next result, waiting in short slices: the kernel may deliver SIGINT to a lookup thread (blocked
+    in a socket read), and Python runs the handler only when the main thread next runs bytecode, which a
+    wait without a timeout never does; so Ctrl-C raises here within poll_s (seen: a 20 s hang under load)."""
+    while True:
+        try:
+            return results.get(timeout=poll_s)
+        except queue.Empty:
+            continue
 
 
 def compare(path: str, build: Build, repo: str, remote: RemoteBuild | None) -> PlanRow:

@@ -358,7 +358,7 @@ def test_ctrl_c_ends_a_hung_plan_at_once(tmp_path, silent):
     process.send_signal(signal.SIGINT)
     try:
         out, err = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:  # seen once in a loaded full run (2026-11-27), not reproduced since
+    except subprocess.TimeoutExpired:  # the stacks say where (twice: SIGINT taken by a lookup thread, fixed)
         process.send_signal(signal.SIGABRT)
         out, err = process.communicate(timeout=20)
         pytest.fail(f"plan did not end within 20 s of Ctrl-C; its threads when aborted:\n{err[-6000:]}")

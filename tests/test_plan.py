@@ -184,3 +184,40 @@ def test_bad_input_is_one_line(hub, published, tmp_path):
     assert rebuild.returncode == 2 and rebuild.stderr.strip().startswith("error: no Hugging Face token")
     whoami = factory(hub, "plan", str(no_org), "--workdir", str(work), "--format", "json")
     assert whoami.returncode == 0 and json.loads(whoami.stdout)[0]["repo_id"] == "tester/tiny-rtn-4bit"
+
+
+def test_ctrl_c_delivered_to_a_lookup_thread_still_ends_the_wait():
+    """The kernel may hand SIGINT to any thread; Python runs the handler in the main thread only when that
+    thread next runs bytecode. A lookup thread blocked in a read takes the signal here (pthread_kill): the
+    main thread's wait must still raise KeyboardInterrupt at once, not when the lookup ends (3 s)."""
+    import signal
+    import threading
+    import time
+
+    from factory.plan import lookups
+
+    blocked = threading.Event()
+
+    class SlowTarget:
+        thread_id = None
+
+        def lookup(self, repo):
+            SlowTarget.thread_id = threading.get_ident()
+            blocked.set()
+            time.sleep(3)  # a read that the signal does not end (PEP 475 resumes it)
+            return None
+
+    def interrupt_the_lookup_thread():
+        blocked.wait(10)
+        time.sleep(0.2)
+        signal.pthread_kill(SlowTarget.thread_id, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_the_lookup_thread, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            lookups(SlowTarget(), ["org/repo"])
+        assert time.monotonic() - started < 1.5
+    finally:
+        signal.signal(signal.SIGINT, previous)
