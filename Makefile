@@ -31,8 +31,10 @@ demo: $(VENV)/.installed
 	$(BIN)/factory publish recipes/demo-smollm2-gptq-4bit.yaml --to hub
 
 # Two workers (pytest-xdist), one file each at a time, so a module's fixtures (the SmolLM2 builds) are made once.
+# --no-loadscope-reorder keeps the order tests/conftest.py sets (the longest file first); xdist would sort files
+# by their number of tests and start the real-model file (six tests, ~13 min) last.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # Re-resolve every lock from pyproject.toml and locks/*.in. To upgrade one package only:
 #   make lock UPGRADE='--upgrade-package transformers'
