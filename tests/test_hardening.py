@@ -347,8 +347,17 @@ def test_ctrl_c_ends_a_hung_plan_at_once(tmp_path, silent):
     recipe = hub_recipe(tmp_path)
     # faulthandler: if the process does not end, SIGABRT makes it print every thread's stack (see below)
     env = {**os.environ, **online(silent.url, FACTORY_HUB_TIMEOUT="120"), "PYTHONFAULTHANDLER": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "factory.cli", "plan", str(recipe)], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The child inherits this thread's signal mask and an ignored SIGINT: start it as a terminal would (SIGINT
+    # neither blocked nor ignored), whatever earlier tests in this worker left behind; the state is reported below.
+    inherited = (signal.getsignal(signal.SIGINT), sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "factory.cli", "plan", str(recipe)], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        signal.signal(signal.SIGINT, previous_handler)
     deadline = time.monotonic() + 60
     while not silent.accepted and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -358,10 +367,13 @@ def test_ctrl_c_ends_a_hung_plan_at_once(tmp_path, silent):
     process.send_signal(signal.SIGINT)
     try:
         out, err = process.communicate(timeout=20)
-    except subprocess.TimeoutExpired:  # the stacks say where (twice: SIGINT taken by a lookup thread, fixed)
+    except subprocess.TimeoutExpired:  # hung in 3 loaded full runs (2026-11-27), cause not yet found: report
+        masks = [line for task in Path(f"/proc/{process.pid}/task").glob("*/status")
+                 for line in task.read_text().splitlines() if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
         process.send_signal(signal.SIGABRT)
         out, err = process.communicate(timeout=20)
-        pytest.fail(f"plan did not end within 20 s of Ctrl-C; its threads when aborted:\n{err[-6000:]}")
+        pytest.fail(f"plan did not end within 20 s of Ctrl-C (this worker's SIGINT handler and blocked signals: "
+                    f"{inherited}; the child's per-thread masks: {masks}); its threads when aborted:\n{err[-6000:]}")
     assert time.monotonic() - interrupted < 5
     assert process.returncode == 130
     assert lines(err) == ["interrupted (Ctrl-C): nothing was written (plan only reads)"]
