@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from measure import Run, bench_env, fmt, missed, run_child, table  # noqa: E402
+from measure import Run, bench_env, fmt, missed, run_child, table, write_figures  # noqa: E402
 
 FACTORY = [str(Path(sys.executable).parent / "factory")]
 SAVING_TARGET = 0.75  # of the most that sharing base scores could save
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{fmt(cpu)} / {fmt(wall)}" for cpu, wall in figures["jobs"][side]))
     print(f"base evaluation (job 1, its timing.json): {fmt(figures['base_eval_s'])} s wall; repeats: {args.repeats}; "
           f"1-min load average start/end: {figures['load_start']:.2f} / {figures['load_end']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.json, figures)
     return missed(figures)
 
 

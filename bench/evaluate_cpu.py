@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from measure import bench_env, fmt, missed, ratio, run_child, table, verdict
+from measure import bench_env, fmt, missed, ratio, run_child, table, verdict, write_figures
 
 REPO = Path(__file__).resolve().parent.parent
 TIME_TARGET = 1.05
@@ -89,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                      ("with base cache", fmt(c["with_cache"])), ("saved", fmt(c["saved_s"]))]))
     print(f"limit per task: {args.limit or 'all'}; 1-min load average start/end: "
           f"{figures['load_start']:.2f} / {figures['load_end']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.json, figures)
     return missed(figures)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from measure import bench_env, fmt, run_child, table  # noqa: E402
+from measure import bench_env, fmt, run_child, table, write_figures  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
     import torch
 
-    unknown = sorted(set(a.methods.split(",")) - set(BUILDS))
+    methods = a.methods.split(",")
+    unknown = sorted(set(methods) - set(BUILDS))
     if unknown:
         sys.exit(f"--methods: unknown build(s) {', '.join(unknown)}; known: {', '.join(BUILDS)}")
     cuda = torch.cuda.is_available()
@@ -121,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         a.samples, a.seq_len, a.group_size = min(a.samples, 4), min(a.seq_len, 64), min(a.group_size, 64)
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
     depths = sorted({int(d) for d in a.depths.split(",")})
-    methods = a.methods.split(",")
     env = bench_env()
     scratch = Path(tempfile.mkdtemp(prefix="factory-bench-layers-"))
     runs = []
@@ -186,8 +186,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{a.samples} x {a.seq_len} calibration tokens, group size {a.group_size} (BiLLM, PB-LLM, SliM-LLM: 128)")
     print(table(rows))
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_figures(a.json, figures)
         print(f"figures: {a.json}")
     return 0
 

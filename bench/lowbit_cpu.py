@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import bench_env, fmt, run_child, table  # noqa: E402
+from measure import bench_env, fmt, run_child, table, write_figures  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CAL = "calibration: {source: demo, samples: 32, seq_len: 512, seed: 2}"
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "effective_bits": stage.get("effective_bits"), "paper_bits": stage.get("paper_bits"),
                                    "format": stage.get("format")}
         print(f"{name}: {figures['builds'][name]}", flush=True)
-        if args.json:  # after every build: a run stopped part way still leaves what it measured
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        write_figures(args.json, figures)  # after every build: a run stopped part way still leaves what it measured
     figures["load_end"] = os.getloadavg()[0]
 
     b = figures["builds"]
@@ -107,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     for claim, holds in checks.items():
         print(f"{'PASS' if holds else 'MISS'}: {claim} (the paper's ordering on LLaMA3-8B)")
     print(f"1-min load average start/end: {figures['load_start']:.2f} / {figures['load_end']:.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    write_figures(args.json, figures)
     return 0 if all(checks.values()) else 1
 
 

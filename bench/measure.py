@@ -103,12 +103,19 @@ def fmt(value: float | None, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def write_figures(json_path: Path | None, figures: dict) -> None:
+    """The figures as indented JSON at json_path (its folder made if needed); nothing when no path was asked for."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+
+
 def finish(report_text: str, figures: dict, json_path: Path | None) -> int:
     """Print the side-by-side report, write the figures as JSON when asked; exit status 1 on any MISS."""
     print()
     print(report_text)
     if json_path:
-        json_path.write_text(json.dumps(figures, indent=2) + "\n")
+        write_figures(json_path, figures)
         print(f"\nwrote {json_path}")
     return missed(figures)
 

@@ -102,7 +102,8 @@ def lookups(target: Target, repos: list[str], workers: int = 8) -> list[RemoteBu
 def _wait_for(results: queue.SimpleQueue, poll_s: float = 0.2):
     """The next result, waiting in short slices: the kernel may deliver SIGINT to a lookup thread (blocked
     in a socket read), and Python runs the handler only when the main thread next runs bytecode, which a
-    wait without a timeout never does; so Ctrl-C raises here within poll_s (seen: a 20 s hang under load)."""
+    wait without a timeout never does; so Ctrl-C raises here within poll_s (tests/test_plan.py signals the
+    lookup thread itself to show it)."""
     while True:
         try:
             return results.get(timeout=poll_s)
