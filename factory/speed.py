@@ -190,14 +190,14 @@ def _base_cached(build: Build, what: str, identity: dict, measure, log=print) ->
 
     target = cache_root() / "base-speed" / slug(build.entry.id) / digest(identity)
     if (target / what).is_file():
-        log(f"  speed: reusing the base model's {what} from {target}")
+        log(f"  speed: reusing the base model's {'figures' if what == SPEED_FILE else 'llama.cpp scores'} from {target}")
         return json.loads((target / what).read_text()), "cache"
     locks = cache_root() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"base-speed-{target.parent.name}-{target.name}.lock")):
         if (target / what).is_file():
             return json.loads((target / what).read_text()), "cache"
-        log(f"  speed: measuring the base model's {what} once (cached in {target})")
+        log(f"  speed: measuring the base model once in {identity['runtime']} (cached in {target})")
         measured = measure()
         with atomic_dir(target, owned=True) as partial:
             (partial / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
