@@ -94,6 +94,11 @@ class QuantMethod:
             out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
         return out
 
+    def uses_calibration(self, options: BaseModel | None) -> bool:
+        """Whether a recipe with these options (the method's block, defaults filled in) reads its
+        `calibration:` block; a method where data is optional (gguf's importance matrix) says so here."""
+        return self.needs_calibration
+
     def code_digest(self) -> str | None:
         """A digest of the factory's own code that shapes the output (None: a library does the work,
         and its version is fingerprinted instead)."""
