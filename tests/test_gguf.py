@@ -430,3 +430,20 @@ def test_importance_builds_a_different_gguf_and_publishes_the_matrix_beside_it(t
     changed = {name for name in plain if weighted[name] != plain[name]}
     assert {f"blk.0.{t}.weight" for t in ("attn_q", "ffn_down")} <= changed, changed
     assert "blk.0.attn_norm.weight" not in changed
+
+
+def test_the_shipped_importance_recipe_and_its_card_facts():
+    from factory.methods import get_method
+    from factory.recipe import load_recipe, repo_id
+
+    recipe = load_recipe(REPO / "recipes" / "gguf-q2ks-imatrix.yaml", check_model_configs=False)
+    settings = recipe.effective(recipe.models[0])
+    assert settings.options == {"type": "Q2_K_S", "importance": "calibration"}
+    assert settings.calibration.source == "wikitext2" and settings.calibration.samples == 128
+    assert repo_id(recipe, recipe.models[0], "org") == "org/Meta-Llama-3-8B-Q2_K_S-imatrix-GGUF"
+    facts = get_method("gguf").card_facts(settings)
+    assert "weighted by an importance matrix from calibration data" in facts.engine
+    assert facts.data_note
+    plain = load_recipe(REPO / "recipes" / "gguf-q2ks.yaml", check_model_configs=False)
+    plain_facts = get_method("gguf").card_facts(plain.effective(plain.models[0]))
+    assert "data-free" in plain_facts.engine and not plain_facts.data_note

@@ -31,6 +31,7 @@ class CardFacts:
     load_note: str  # what loading needs
     serve_note: str  # Markdown: how to serve it, or why a runtime cannot
     library_name: str = "transformers"  # the card's library_name (the Hub's library filter)
+    data_note: str = ""  # Markdown: what data beyond the base shaped the weights, and what it was measured to do
 
 
 class QuantMethod:

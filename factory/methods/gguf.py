@@ -188,13 +188,13 @@ class GGUF(QuantMethod):
         written[0].replace(target)
         shutil.rmtree(staging)
         facts = describe_gguf(target)
+        if importance:
+            facts["importance"] = _publish_importance(out_dir, target, gguf_type, sums, settings, recipe_dir, windows)
         if facts["file_type"] != gguf_type:
             raise RuntimeError(f"the GGUF says file type {facts['file_type']}, not {gguf_type}")
         from factory.methods.gguf_vocab import check_tokenizer
 
         facts["tokenizer_check"] = check_tokenizer(target, base_dir)
-        if importance:
-            facts["importance"] = _publish_importance(out_dir, target, gguf_type, sums, settings, recipe_dir, windows)
         return {"engine": "auto-round GGUF export (llama.cpp conversion)", "format": self.output_format,
                 "peak_gpu_mb": peak_gpu_mb(), "device": device, "compute_dtype": dtype,
                 "gguf_file": target.name, "gguf_type": gguf_type, **facts}
@@ -209,8 +209,11 @@ class GGUF(QuantMethod):
             f"llama-server -hf {{repo_id}}:{gguf_type}\n"
             f"ollama run hf.co/{{repo_id}}:{gguf_type}\n"
             "```")
-        rounding = ("K-quant rounding weighted by an importance matrix from calibration data"
-                    if self.uses_calibration(self.options(settings)) else "K-quant rounding, data-free")
+        from factory.methods.gguf_importance import MEASURED
+
+        importance = self.uses_calibration(self.options(settings))
+        rounding = ("K-quant rounding weighted by an importance matrix from calibration data" if importance
+                    else "K-quant rounding, data-free")
         return CardFacts(
             engine=f"auto-round's GGUF export (llama.cpp's converter and {rounding})",
             format=f"GGUF {gguf_type}",
@@ -224,6 +227,7 @@ class GGUF(QuantMethod):
                        "For the memory saving, use llama.cpp or Ollama."),
             serve_note=serve,
             library_name="gguf",  # the Hub files GGUF repos under library "gguf" (models?library=gguf)
+            data_note=MEASURED if importance else "",
         )
 
 
@@ -236,11 +240,11 @@ def _publish_importance(out_dir: Path, target: Path, gguf_type: str, sums: dict,
 
     identity = gi.calibration_identity(settings.calibration, recipe_dir, windows)
     imatrix = out_dir / gi.imatrix_file_name(gguf_type)
-    tensors = gi.write_imatrix(imatrix, sums, target, gi.dataset_label(identity), settings.calibration.seq_len,
+    covered = gi.write_imatrix(imatrix, sums, target, gi.dataset_label(identity), settings.calibration.seq_len,
                                len(windows))
     (out_dir / gi.CALIBRATION_FILE).write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-    return {"file": imatrix.name, "tensors": tensors, "calibration_file": gi.CALIBRATION_FILE,
-            "calibration": identity, "dataset": gi.dataset_label(identity)}
+    return {"file": imatrix.name, "tensors": len(covered), "k_quant_tensors": len(gi.k_quant_tensors(target, covered)),
+            "calibration_file": gi.CALIBRATION_FILE, "calibration": identity, "dataset": gi.dataset_label(identity)}
 
 
 def describe_gguf(path: Path) -> dict:

@@ -33,6 +33,11 @@ CALIBRATION_FILE = "calibration.json"
 WIKITEXT2 = "Salesforce/wikitext (wikitext-2-raw-v1, train split)"
 
 
+# What importance data was measured to do (bench/gguf_imatrix_cpu.py, figures in the README's GGUF section).
+MEASURED = ("Whether importance data helps is measured, for Q2_K_S and Q3_K_S on the factory's demo model, by "
+            "`bench/gguf_imatrix_cpu.py` (held-out perplexity and KL divergence in llama.cpp; README, GGUF section).")
+
+
 def imatrix_file_name(gguf_type: str) -> str:
     return f"model-{gguf_type}.imatrix"
 
@@ -70,9 +75,9 @@ def captured_importance():
         OptimizedRTNQuantizer.quantize_block = original
 
 
-def write_imatrix(path: Path, sums: dict, model_gguf: Path, dataset: str, seq_len: int, samples: int) -> int:
+def write_imatrix(path: Path, sums: dict, model_gguf: Path, dataset: str, seq_len: int, samples: int) -> list[str]:
     """Write `sums` in llama.cpp's imatrix format, under the tensor names of `model_gguf`; returns
-    the number of weights it covers."""
+    the names of the weights it covers."""
     import gguf
     import numpy as np
 
@@ -105,7 +110,15 @@ def write_imatrix(path: Path, sums: dict, model_gguf: Path, dataset: str, seq_le
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return len(rows)
+    return [name for name, _, _ in sorted(rows)]
+
+
+def k_quant_tensors(model_gguf: Path, names: list[str]) -> list[str]:
+    """Those of `names` the file holds in a K-quant type: the tensors whose rounding the matrix weighed."""
+    import gguf
+
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(model_gguf).tensors}
+    return [name for name in names if types.get(name, "").endswith("_K")]
 
 
 def read_imatrix(path: Path) -> dict:
