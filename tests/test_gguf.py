@@ -311,7 +311,7 @@ def test_a_llama3_tokenizer_goes_through_llama_cpps_own_path(tmp_path):
 
 @pytest.mark.parametrize("body, message", [
     ("weights: {bits: 8}\ngguf: {type: Q8_0, importance: calibration}\ncalibration: {source: demo}",
-     "gguf.importance: Q8_0 does not use importance data (auto-round weighs only the K-quant types"),
+     "gguf.importance: Q8_0 is not offered with importance data (the K-quant types are"),
     ("weights: {bits: 3}\ngguf: {type: Q3_K_S, importance: calibration}",
      "gguf.importance: calibration needs a calibration: block"),
     ("weights: {bits: 3}\ngguf: {type: Q3_K_S}\ncalibration: {source: demo}",

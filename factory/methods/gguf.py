@@ -55,8 +55,9 @@ TYPES: dict[str, int] = {
     "Q6_K": 6, "Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8,
 }
 DEFAULT_TYPE = "Q4_K_M"
-# The types whose rounding an importance matrix weighs in auto-round (its K-quant search); the 32-weight
-# blocks (Q4_0 ... Q8_0) it rounds without weights.
+# The types offered with importance data: the K-quant files, as auto-round makes its own calibrated GGUFs
+# (inside them the fallback tensors are weighted too). Of the 32-weight-block files, auto-round 0.15's router
+# gives Q4_1/Q5_1 (asymmetric) no importance search; Q4_0, Q5_0 and Q8_0 are not offered until measured.
 IMPORTANCE_TYPES = tuple(t for t in TYPES if "_K" in t)
 
 
@@ -129,8 +130,8 @@ class GGUF(QuantMethod):
                 out.append((("models", i, "overrides"), "group_size and ignore do not apply to gguf"))
         calibrated = "calibration" in recipe.model_fields_set
         if options.importance == "calibration" and options.type not in IMPORTANCE_TYPES:
-            out.append((("gguf", "importance"), f"{options.type} does not use importance data (auto-round weighs "
-                        f"only the K-quant types by it: {', '.join(IMPORTANCE_TYPES)})"))
+            out.append((("gguf", "importance"), f"{options.type} is not offered with importance data (the K-quant "
+                        f"types are, as auto-round makes calibrated GGUFs: {', '.join(IMPORTANCE_TYPES)})"))
         elif options.importance == "calibration" and not calibrated:
             out.append((("gguf", "importance"), "calibration needs a calibration: block, the text the importance "
                         "matrix is computed on (e.g. calibration: {source: demo})"))
@@ -243,8 +244,7 @@ def _publish_importance(out_dir: Path, target: Path, gguf_type: str, sums: dict,
     covered = gi.write_imatrix(imatrix, sums, target, gi.dataset_label(identity), settings.calibration.seq_len,
                                len(windows))
     (out_dir / gi.CALIBRATION_FILE).write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-    return {"file": imatrix.name, "tensors": len(covered), "k_quant_tensors": len(gi.k_quant_tensors(target, covered)),
-            "calibration_file": gi.CALIBRATION_FILE, "calibration": identity, "dataset": gi.dataset_label(identity)}
+    return {"file": imatrix.name, "tensors": len(covered), "calibration_file": gi.CALIBRATION_FILE, "calibration": identity, "dataset": gi.dataset_label(identity)}
 
 
 def describe_gguf(path: Path) -> dict:

@@ -4,10 +4,12 @@ from the calibration text, and the two files published beside the `.gguf`.
 auto-round makes its own calibrated GGUFs this way: `iters=0` with `disable_opt_rtn=False` and a
 dataset turns on, for the K-quant types, its optimized RTN (`OptimizedRTNQuantizer`): forward hooks
 sum each linear layer's squared input activations per input column over the calibration tokens
-(llama.cpp's importance matrix, what `llama-imatrix` collects), and each K-quant block's scales and
-mins are searched to minimise the error weighted by those sums (auto-round's port of llama.cpp's
-`quantize_row_q*_K_impl` with `quant_weights`). The 32-weight-block types (Q4_0 ... Q8_0, and the
-fallbacks of tensors whose rows do not split into 256-weight super-blocks) take no weights there.
+(llama.cpp's importance matrix, what `llama-imatrix` collects), and each block's scales (and mins)
+are searched to minimise the rounding error weighted by those sums (auto-round's port of llama.cpp's
+`quantize_row_*_impl` with `quant_weights`). That holds for every linear weight, the fallbacks of
+tensors whose rows do not split into 256-weight super-blocks (SmolLM2's Q5_0/Q4_0) included: on
+SmolLM2 every one of them differs from the data-free file. The token embedding (not a linear layer,
+so no importance data) gets the same optimized search unweighted, and differs too.
 
 Published beside the file:
 - `model-<TYPE>.imatrix`: those sums, in llama.cpp's imatrix format (a GGUF container: `<tensor>.in_sum2`
@@ -111,14 +113,6 @@ def write_imatrix(path: Path, sums: dict, model_gguf: Path, dataset: str, seq_le
     writer.write_tensors_to_file()
     writer.close()
     return [name for name, _, _ in sorted(rows)]
-
-
-def k_quant_tensors(model_gguf: Path, names: list[str]) -> list[str]:
-    """Those of `names` the file holds in a K-quant type: the tensors whose rounding the matrix weighed."""
-    import gguf
-
-    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(model_gguf).tensors}
-    return [name for name in names if types.get(name, "").endswith("_K")]
 
 
 def read_imatrix(path: Path) -> dict:
