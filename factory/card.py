@@ -146,14 +146,17 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
 def speed_rows(speed: dict) -> list[dict]:
     """One row per (model, batch size) of speed.json, build first; None where not measured."""
     rows = []
+    base_decode = {b["batch_size"]: b.get("decode_tokens_per_s") for b in (speed.get("base") or {}).get("batches", [])}
     for who in ("build", "base"):
         figures = speed.get(who) or {}
         for batch in figures.get("batches", []):
+            ours, theirs = batch.get("decode_tokens_per_s"), base_decode.get(batch["batch_size"])
             rows.append({"who": "this build" if who == "build" else "base model", "batch": batch["batch_size"],
                          "prefill": batch.get("prefill_tokens_per_s"), "decode": batch.get("decode_tokens_per_s"),
                          "load_s": figures.get("load_s"), "weights_mb": figures.get("weights_mb"),
                          "peak_rss_mb": figures.get("peak_rss_mb"), "peak_gpu_mb": figures.get("peak_gpu_mb"),
-                         "memory": figures.get("weights_in_memory")})
+                         "memory": figures.get("weights_in_memory"),
+                         "ratio": ours / theirs if who == "build" and ours and theirs else None})
     return rows
 
 

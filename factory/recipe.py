@@ -121,6 +121,14 @@ class Gates(Gate):
 PerplexityDataset = Literal["wikitext2", "c4", "ptb", "demo"]
 
 
+class RuntimeQuality(Strict):
+    """Quality of a GGUF build measured in llama.cpp against the base's F16 GGUF (factory.runtime_quality)."""
+
+    windows: int = Field(4, gt=0, le=64, description="Windows of the held-out text scored.")
+    window_tokens: int = Field(128, ge=2, le=4096, description="Tokens per window (each position after the first is scored).")
+    top_k: int = Field(40, gt=0, le=1000, description="Next-token probabilities read per position (for KL and top-1).")
+
+
 class Speed(Strict):
     """Speed and memory of the build and its base model in the runtime a user would use (factory.speed)."""
 
@@ -130,8 +138,10 @@ class Speed(Strict):
     prompt_tokens: int = Field(512, gt=0, le=MAX_SEQ_LEN, description="Prompt length, in tokens (random token ids).")
     new_tokens: int = Field(128, ge=2, le=MAX_SEQ_LEN, description="Tokens decoded greedily after each prompt.")
     runtime: Literal["auto", "transformers", "vllm", "llama.cpp"] = Field(
-        "auto", description="auto: llama.cpp for a GGUF build when installed, vLLM on a GPU when installed, "
+        "auto", description="auto: llama.cpp for a GGUF build, vLLM on a GPU when installed, "
         "else transformers. Naming a runtime that is not installed here is an error.")
+    quality: RuntimeQuality = Field(default_factory=RuntimeQuality, description=(
+        "For GGUF builds in llama.cpp: perplexity, KL divergence and top-1 agreement against the base's F16 GGUF."))
 
 
 class Evaluation(Strict):

@@ -6,9 +6,13 @@ of the recipe's `evaluation.speed` block (prompts of `prompt_tokens` random toke
 decoding of exactly `new_tokens` tokens).
 
 Runtimes (`evaluation.speed.runtime`; `auto` picks the first that applies):
-  llama.cpp     GGUF files at the top of the artifact folder, when llama-cpp-python is installed
-                (the hook for GGUF builds: any `*.gguf` there is measured as it is; batch 1 only, its
-                Python API runs one sequence at a time)
+  llama.cpp     GGUF files at the top of the artifact folder (the hook for GGUF builds: any `*.gguf`
+                there is measured as it is), through the xllamacpp binding (llama.cpp's own server,
+                factory.llama_cpp): batch B is B sequences decoded at once in B slots. The base model
+                is measured in llama.cpp too, as an F16 GGUF written by the same converter
+                (factory.base_gguf), and both are scored in llama.cpp on the held-out text:
+                perplexity, KL divergence and top-1 agreement of the next-token distributions
+                against the base, a greedy generation and a chat turn through the file's template.
   vllm          a checkpoint on a CUDA GPU, when vLLM is installed: it serves compressed-tensors
                 checkpoints packed (W4A16 through its Marlin kernels)
   transformers  otherwise. transformers decompresses a compressed-tensors checkpoint into dense
@@ -48,10 +52,10 @@ if TYPE_CHECKING:
     from factory.recipe import Speed
 
 SPEED_FILE = "speed.json"
-SPEED_FORMAT = 1  # the layout of speed.json; part of every fingerprint and cache key
+SPEED_FORMAT = 2  # the layout of speed.json; part of every fingerprint and cache key
 RUNTIMES = ("transformers", "vllm", "llama.cpp")
-RUNTIME_PACKAGES = {"transformers": "transformers", "vllm": "vllm", "llama.cpp": "llama_cpp"}
-RUNTIME_LIBRARIES = {"transformers": (), "vllm": ("vllm",), "llama.cpp": ("llama-cpp-python",)}
+RUNTIME_PACKAGES = {"transformers": "transformers", "vllm": "vllm", "llama.cpp": "xllamacpp"}
+RUNTIME_LIBRARIES = {"transformers": (), "vllm": ("vllm",), "llama.cpp": ("xllamacpp",)}
 # What serves the weights packed, said in the card beside a runtime that decompresses them.
 PACKED_RUNTIME = "vLLM (compressed-tensors W4A16/W8A16 through its Marlin kernels, W8A8 through its int8/fp8 kernels)"
 WORKER_TIMEOUT_S = 6 * 3600
@@ -82,7 +86,7 @@ def check_runtime(settings: "Speed") -> None:
     if runtime == "auto" or runtime == "transformers":
         return
     if not installed(runtime):
-        package = {"vllm": "vllm (a GPU serving engine)", "llama.cpp": "llama-cpp-python"}[runtime]
+        package = {"vllm": "vllm (a GPU serving engine)", "llama.cpp": "xllamacpp, llama.cpp's binding"}[runtime]
         raise UserError(f"evaluation.speed.runtime: {runtime} is not installed here (package {package}); "
                         "use runtime: auto or transformers")
     if runtime == "vllm" and not cuda_available():
@@ -107,11 +111,11 @@ def resolve_runtime(settings: "Speed", artifact: "Artifact") -> str:
     return "transformers"
 
 
-def device_name() -> str:
-    """The accelerator (CUDA device name) or the CPU model and the threads torch uses."""
+def device_name(runtime: str = "transformers") -> str:
+    """The accelerator (CUDA device name) or the CPU model and the threads the runtime uses."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and runtime != "llama.cpp":  # the llama.cpp wheel in the lock is its CPU build
         return f"{torch.cuda.get_device_name(0)} (CUDA)"
     cpu = platform.processor() or platform.machine()
     try:
@@ -121,6 +125,10 @@ def device_name() -> str:
                 break
     except OSError:
         pass
+    if runtime == "llama.cpp":
+        from factory.llama_cpp import default_threads
+
+        return f"CPU {cpu}, {default_threads()} threads"
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
@@ -141,7 +149,7 @@ def speed(build: Build, log=print) -> StageResult:
     build.require("artifact")
     artifact = build.artifact()
     runtime = resolve_runtime(settings, artifact)
-    device = device_name()
+    device = device_name(runtime)
 
     def work(out: Path) -> dict:
         log(f"  speed: measuring the build in {runtime} on {device}")
@@ -151,7 +159,13 @@ def speed(build: Build, log=print) -> StageResult:
                   "settings": settings.model_dump(mode="json"), "repeats": REPEATS,
                   "prompt": "random token ids, greedy decoding",
                   "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]),
-                  "build": measured, "base": base, "base_source": source}
+                  "build": measured, "base": base, "base_source": source,
+                  "served_as": served_as(runtime, artifact, measured)}
+        if runtime == "llama.cpp":
+            from factory.runtime_quality import runtime_quality
+
+            log("  speed: scoring the build against the base's F16 GGUF in llama.cpp")
+            result["runtime_quality"] = runtime_quality(build, artifact, settings, base_score(build, device, log))
         result["weights_note"] = weights_note(result)
         (out / SPEED_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return {"runtime": runtime, "speed_device": device}
@@ -159,39 +173,83 @@ def speed(build: Build, log=print) -> StageResult:
     return run_stage(build, "speed", work, fingerprint=speed_fingerprint(build, runtime, device))
 
 
-def base_runtime(runtime: str) -> str:
-    """The base model is a checkpoint: llama.cpp cannot load it without a GGUF of it, so transformers does."""
-    return "transformers" if runtime == "llama.cpp" else runtime
-
-
-def base_speed(build: Build, runtime: str, device: str, log=print) -> tuple[dict, str]:
-    """The base model's figures, from this machine's cache or measured once and cached."""
-    from filelock import FileLock
-
+def base_artifact(build: Build, runtime: str, log=print) -> "Artifact":
+    """The base model as the runtime loads it: its checkpoint, or for llama.cpp its F16 GGUF."""
     from factory.artifact import Artifact
 
-    settings = build.recipe.evaluation.speed
-    runtime = base_runtime(runtime)
-    identity = {"model": build.entry.id, "revision": source_revision(build.entry, build.recipe_dir),
-                "kind": build.entry.kind, "settings": settings.model_dump(mode="json", exclude={"runtime", "enabled"}),
-                "runtime": runtime, "device": device,
-                "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]), "format": SPEED_FORMAT}
+    if runtime == "llama.cpp":
+        from factory.base_gguf import base_gguf
+
+        return Artifact("gguf", base_gguf(build.entry, build.recipe_dir, log).parent)
+    return Artifact("checkpoint", fetch_base(build.entry, build.recipe_dir).path)
+
+
+def _base_cached(build: Build, what: str, identity: dict, measure, log=print) -> tuple[dict, str]:
+    """`what` (a JSON file) of the base model, from this machine's cache or measured once and cached."""
+    from filelock import FileLock
+
     target = cache_root() / "base-speed" / slug(build.entry.id) / digest(identity)
-    if (target / SPEED_FILE).is_file():
-        log(f"  speed: reusing the base model's figures from {target}")
-        return json.loads((target / SPEED_FILE).read_text()), "cache"
+    if (target / what).is_file():
+        log(f"  speed: reusing the base model's {what} from {target}")
+        return json.loads((target / what).read_text()), "cache"
     locks = cache_root() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"base-speed-{target.parent.name}-{target.name}.lock")):
-        if (target / SPEED_FILE).is_file():
-            return json.loads((target / SPEED_FILE).read_text()), "cache"
-        log(f"  speed: measuring the base model once in {runtime} (cached in {target})")
-        base = fetch_base(build.entry, build.recipe_dir)
-        measured = run_measurement(runtime, build.entry.kind, Artifact("checkpoint", base.path), settings)
-        with atomic_dir(target) as partial:
+        if (target / what).is_file():
+            return json.loads((target / what).read_text()), "cache"
+        log(f"  speed: measuring the base model's {what} once (cached in {target})")
+        measured = measure()
+        with atomic_dir(target, owned=True) as partial:
             (partial / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-            (partial / SPEED_FILE).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+            (partial / what).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
         return measured, "measured"
+
+
+def _base_identity(build: Build, runtime: str, device: str, settings: dict) -> dict:
+    identity = {"model": build.entry.id, "revision": source_revision(build.entry, build.recipe_dir),
+                "kind": build.entry.kind, "settings": settings, "runtime": runtime, "device": device,
+                "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]), "format": SPEED_FORMAT}
+    if runtime == "llama.cpp":
+        from factory.base_gguf import identity as gguf_identity
+
+        identity["gguf"] = gguf_identity(build.entry, build.recipe_dir)
+    return identity
+
+
+def base_speed(build: Build, runtime: str, device: str, log=print) -> tuple[dict, str]:
+    """The base model's speed figures in the same runtime, measured once per machine."""
+    settings = build.recipe.evaluation.speed
+    identity = _base_identity(build, runtime, device,
+                              settings.model_dump(mode="json", exclude={"runtime", "enabled", "quality"}))
+    return _base_cached(build, SPEED_FILE, identity, lambda: run_measurement(
+        runtime, build.entry.kind, base_artifact(build, runtime, log), settings), log)
+
+
+def base_score(build: Build, device: str, log=print) -> dict:
+    """The base F16 GGUF's teacher-forced figures in llama.cpp (factory.runtime_quality), measured once."""
+    from factory.runtime_quality import score_request
+
+    quality = build.recipe.evaluation.speed.quality
+    identity = _base_identity(build, "llama.cpp", device, {"quality": quality.model_dump(mode="json")})
+
+    def measure() -> dict:
+        base = base_artifact(build, "llama.cpp", log)
+        return run_measurement("llama.cpp", build.entry.kind, base, build.recipe.evaluation.speed,
+                               task=score_request(build, base))
+
+    return _base_cached(build, "score.json", identity, measure, log)[0]
+
+
+def served_as(runtime: str, artifact: "Artifact", measured: dict) -> str:
+    """How the measured build was loaded, in the card's words."""
+    if runtime == "llama.cpp":
+        return f"the GGUF file in llama.cpp ({measured.get('binding')}), weights packed"
+    if artifact.kind == "adapter":
+        quant = " in bitsandbytes NF4" if artifact.base_quantization == "nf4" else ""
+        return f"the base{quant} with the peft adapter over it, as users load it (not the merged model)"
+    if measured.get("weights_in_memory") == "dense" and measured.get("quantized_checkpoint"):
+        return f"{runtime}, decompressed on load (dense weights; {PACKED_RUNTIME} serves it packed: not measured here)"
+    return runtime
 
 
 def weights_note(result: dict) -> str:
@@ -214,13 +272,15 @@ def weights_note(result: dict) -> str:
 # ---------------------------------------------------------------- one measurement, in its own process
 
 
-def run_measurement(runtime: str, kind: str, artifact: "Artifact", settings: "Speed") -> dict:
-    """Measure one model in a fresh Python process; its figures (see `measure_in_process`)."""
+def run_measurement(runtime: str, kind: str, artifact: "Artifact", settings: "Speed", task: dict | None = None) -> dict:
+    """Measure one model in a fresh Python process; its figures (see `measure_in_process`). `task`: a
+    scoring request for llama.cpp (factory.runtime_quality) instead of the speed measurement."""
     import tempfile
 
     request = {"runtime": runtime, "kind": kind, "artifact": {"kind": artifact.kind, "path": str(artifact.path),
-               "base_path": str(artifact.base_path) if artifact.base_path else None},
-               "settings": settings.model_dump(mode="json")}
+               "base_path": str(artifact.base_path) if artifact.base_path else None,
+               "base_quantization": artifact.base_quantization},
+               "settings": settings.model_dump(mode="json"), "task": task}
     with tempfile.TemporaryDirectory(prefix="factory-speed-") as tmp:
         request_file, result_file = Path(tmp) / "request.json", Path(tmp) / "result.json"
         request_file.write_text(json.dumps(request))
@@ -228,8 +288,13 @@ def run_measurement(runtime: str, kind: str, artifact: "Artifact", settings: "Sp
                               capture_output=True, text=True, timeout=WORKER_TIMEOUT_S, env=os.environ.copy())
         if done.returncode != 0 or not result_file.is_file():
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-            raise RuntimeError(f"the {runtime} speed measurement of {artifact.path} failed: "
-                               f"{first_line(lines[-1] if lines else f'exit {done.returncode}')}")
+            last = lines[-1] if lines else f"exit {done.returncode}"
+            if "LoadError: " in last:  # llama.cpp refused the file: its own reason, and the file's name
+                from factory.llama_cpp import LoadError
+
+                raise LoadError(first_line(last.split("LoadError: ", 1)[1]))
+            raise RuntimeError(f"the {runtime} {'scoring' if task else 'speed measurement'} of {artifact.path} "
+                               f"failed: {first_line(last)}")
         return json.loads(result_file.read_text())
 
 
@@ -246,6 +311,10 @@ def _rss_mb() -> float | None:
 def measure_in_process(request: dict) -> dict:
     from factory.build import peak_rss_mb
 
+    if request.get("task"):
+        from factory.runtime_quality import score_in_process
+
+        return score_in_process(request)
     measure = {"transformers": _measure_transformers, "vllm": _measure_vllm, "llama.cpp": _measure_llama_cpp}
     result = measure[request["runtime"]](request)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -273,7 +342,8 @@ def _measure_transformers(request: dict) -> dict:
 
     s = request["settings"]
     spec = request["artifact"]
-    artifact = Artifact(spec["kind"], Path(spec["path"]), Path(spec["base_path"]) if spec["base_path"] else None)
+    artifact = Artifact(spec["kind"], Path(spec["path"]), Path(spec["base_path"]) if spec["base_path"] else None,
+                        spec.get("base_quantization"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     _import_model_code(artifact, request["kind"])  # so that the load time is the load's, not Python's imports
     rss_before = _rss_mb()
@@ -349,7 +419,10 @@ def _import_model_code(artifact, kind: str) -> None:
     from factory.loading import model_class
 
     model_class(kind)
-    config = transformers.AutoConfig.from_pretrained(artifact.base_path if artifact.kind == "adapter" else artifact.path)
+    if artifact.kind == "gguf":  # a folder with the .gguf alone: its config is in the file
+        config = transformers.AutoConfig.from_pretrained(artifact.path, gguf_file=artifact.gguf_file)
+    else:
+        config = transformers.AutoConfig.from_pretrained(artifact.base_path if artifact.kind == "adapter" else artifact.path)
     for name in getattr(config, "architectures", None) or []:
         getattr(transformers, name, None)
     if getattr(config, "quantization_config", None) is not None:
@@ -404,40 +477,12 @@ def _measure_vllm(request: dict) -> dict:  # pragma: no cover - needs vLLM and a
             "rss_before_load_mb": rss_before, "batches": batches}
 
 
-def _measure_llama_cpp(request: dict) -> dict:  # pragma: no cover - needs llama-cpp-python and a GGUF build
-    from llama_cpp import Llama
+def _measure_llama_cpp(request: dict) -> dict:
+    from factory.llama_cpp import measure_speed
 
     s = request["settings"]
     files = gguf_files(Path(request["artifact"]["path"]))
-    rss_before = _rss_mb()
-    started = time.perf_counter()
-    gpu = cuda_available()
-    llm = Llama(model_path=str(files[0]), n_ctx=s["prompt_tokens"] + s["new_tokens"], n_batch=s["prompt_tokens"],
-                n_gpu_layers=-1 if gpu else 0, seed=0, verbose=False)
-    load_s = time.perf_counter() - started
-    ids = _token_ids(llm.n_vocab(), 1, s["prompt_tokens"])[0].tolist()
-
-    def run(new: int) -> float:
-        llm.reset()
-        t = time.perf_counter()
-        llm.create_completion(prompt=ids, max_tokens=new, temperature=0.0)
-        return time.perf_counter() - t
-
-    run(2)
-    batches = []
-    for batch in s["batch_sizes"]:
-        if batch != 1:  # llama-cpp-python's Llama runs one sequence at a time
-            batches.append({"batch_size": batch, "prefill_tokens_per_s": None, "decode_tokens_per_s": None,
-                            "note": "llama-cpp-python runs one sequence at a time"})
-            continue
-        prefill_s, total_s = run(1), run(s["new_tokens"])
-        batches.append({"batch_size": 1, "prefill_s": round(prefill_s, 4), "total_s": round(total_s, 4),
-                        "prefill_tokens_per_s": round(s["prompt_tokens"] / prefill_s, 1),
-                        "decode_tokens_per_s": _rate(s["new_tokens"] - 1, total_s - prefill_s)})
-    return {"runtime": "llama.cpp", "device": "cuda" if gpu else "cpu", "load_s": round(load_s, 3),
-            "weights_mb": round(files[0].stat().st_size / 2**20, 1), "weights_in_memory": "packed",
-            "quantized_checkpoint": True, "dtype": files[0].name, "peak_gpu_mb": None, "rss_before_load_mb": rss_before,
-            "batches": batches}
+    return measure_speed(files[0], s["batch_sizes"], s["prompt_tokens"], s["new_tokens"], REPEATS)
 
 
 def main(argv: list[str]) -> int:

@@ -196,6 +196,15 @@ class GGUF(QuantMethod):
         from factory.methods.gguf_vocab import check_tokenizer
 
         facts["tokenizer_check"] = check_tokenizer(target, base_dir)
+        # llama.cpp and Ollama format chat prompts with the file's own template: it must be the base's
+        template, base_template = chat_template_of(target), getattr(tokenizer, "chat_template", None)
+        if base_template and template != base_template:
+            raise RuntimeError(f"{target.name} does not carry the base model's chat template "
+                               f"(tokenizer.chat_template {'differs' if template else 'is missing'})")
+        facts["chat_template"] = bool(template)
+        from factory.llama_cpp import check_loads
+
+        check_loads(target)  # the runtime users run must load it: else one line with llama.cpp's reason
         return {"engine": "auto-round GGUF export (llama.cpp conversion)", "format": self.output_format,
                 "peak_gpu_mb": peak_gpu_mb(), "device": device, "compute_dtype": dtype,
                 "gguf_file": target.name, "gguf_type": gguf_type, **facts}
@@ -244,7 +253,42 @@ def _publish_importance(out_dir: Path, target: Path, gguf_type: str, sums: dict,
     covered = gi.write_imatrix(imatrix, sums, target, gi.dataset_label(identity), settings.calibration.seq_len,
                                len(windows))
     (out_dir / gi.CALIBRATION_FILE).write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
-    return {"file": imatrix.name, "tensors": len(covered), "calibration_file": gi.CALIBRATION_FILE, "calibration": identity, "dataset": gi.dataset_label(identity)}
+    return {"file": imatrix.name, "tensors": len(covered), "calibration_file": gi.CALIBRATION_FILE,
+            "calibration": identity, "dataset": gi.dataset_label(identity)}
+
+
+def write_unquantized(base_dir: Path, target: Path, ftype: str = "F16") -> Path:
+    """The base checkpoint as an F16 (or BF16) GGUF, through the same llama.cpp converter and tokenizer
+    handling as the builds (auto-round's copy of convert_hf_to_gguf; no quantizer runs): the reference
+    that a GGUF build is measured against in llama.cpp."""
+    import gguf
+    from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
+
+    from factory.methods.gguf_vocab import llama_cpp_vocab
+
+    file_types = {"F16": gguf.LlamaFileType.MOSTLY_F16, "BF16": gguf.LlamaFileType.MOSTLY_BF16}
+    with llama_cpp_vocab(base_dir):
+        conversion = get_conversion(base_dir)
+        hparams = conversion.ModelBase.load_hparams(Path(base_dir), False)
+        hparams.pop("quantization_config", None)
+        architecture = conversion.get_model_architecture(hparams, conversion.ModelType.TEXT)
+        writer = conversion.get_model_class(architecture)(
+            dir_model=Path(base_dir), ftype=file_types[ftype], fname_out=target, is_big_endian=False,
+            model_name=Path(base_dir).name, split_max_tensors=False, split_max_size=0, dry_run=False,
+            small_first_shard=False, hparams=hparams)
+        writer.write()
+    if not target.is_file():
+        raise RuntimeError(f"llama.cpp's converter wrote no {target.name}")
+    return target
+
+
+def chat_template_of(path: Path) -> str | None:
+    """The chat template a GGUF carries (`tokenizer.chat_template`), as llama.cpp and Ollama read it."""
+    from gguf import GGUFReader
+
+    from factory.methods.gguf_vocab import field_value
+
+    return field_value(GGUFReader(path), "tokenizer.chat_template")
 
 
 def describe_gguf(path: Path) -> dict:
