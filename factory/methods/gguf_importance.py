@@ -36,8 +36,10 @@ WIKITEXT2 = "Salesforce/wikitext (wikitext-2-raw-v1, train split)"
 
 
 # What importance data was measured to do (bench/gguf_imatrix_cpu.py, figures in the README's GGUF section).
-MEASURED = ("Whether importance data helps is measured, for Q2_K_S and Q3_K_S on the factory's demo model, by "
-            "`bench/gguf_imatrix_cpu.py` (held-out perplexity and KL divergence in llama.cpp; README, GGUF section).")
+MEASURED = ("Measured on the factory's demo model (SmolLM2-135M, `bench/gguf_imatrix_cpu.py`, 2026-12-03, in "
+            "llama.cpp against the F16 base, held-out text): importance data lowered the mean KL divergence from "
+            "0.880 to 0.161 for Q2_K_S and from 0.212 to 0.151 for Q3_K_S (perplexity ratio to the base 5.61 -> 1.29 "
+            "and 1.32 -> 1.16); this build's own figures are under \"Quality in llama.cpp\".")
 
 
 def imatrix_file_name(gguf_type: str) -> str:
