@@ -395,7 +395,7 @@ class Recipe(Strict):
             symmetric=sym if sym is not None else method.default_symmetric,
             activation_bits=self.activations.bits if self.activations else None,
             ignore=list(ignore) if ignore is not None else list(DEFAULT_IGNORE[entry.kind]),
-            calibration=self.calibration if method.needs_calibration else None,
+            calibration=self.calibration if method.uses_calibration(options) else None,
             options=options.model_dump(mode="json") if options is not None else None,
             finetune=(self.finetune or FineTune()) if method.stage == "finetune" else None,
         )
@@ -523,7 +523,7 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
             out.append((("finetune", "epochs"), "give max_steps or epochs, not both"))
 
     cal = recipe.calibration
-    if method.needs_calibration:
+    if method.uses_calibration(recipe.method_options):
         if cal.source == "file":
             if not cal.path:
                 out.append((("calibration", "path"), "required with source: file"))

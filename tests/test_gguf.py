@@ -304,3 +304,146 @@ def test_a_llama3_tokenizer_goes_through_llama_cpps_own_path(tmp_path):
     # llama.cpp splits both with LLaMA-3's regex
     assert check["pre_tokenizer"] in ("llama-bpe", "smaug-bpe")
     assert check["special_ids"] == {"bos": 128000, "eos": 128001}
+
+
+# ---------------------------------------------------------------- importance-matrix GGUFs (gguf.importance)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("weights: {bits: 8}\ngguf: {type: Q8_0, importance: calibration}\ncalibration: {source: demo}",
+     "gguf.importance: Q8_0 is not offered with importance data (the K-quant types are"),
+    ("weights: {bits: 3}\ngguf: {type: Q3_K_S, importance: calibration}",
+     "gguf.importance: calibration needs a calibration: block"),
+    ("weights: {bits: 3}\ngguf: {type: Q3_K_S}\ncalibration: {source: demo}",
+     "calibration: gguf is data-free unless gguf.importance: calibration is set"),
+])
+def test_importance_mistakes_are_one_line_and_exit_2(tmp_path, body, message):
+    done = run_factory("validate", str(gguf_recipe(tmp_path, body)))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and ".yaml:" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_importance_is_calibrated_and_fingerprinted_and_data_free_stays_as_it_was(tmp_path):
+    """The option reads the calibration block (its text enters the fingerprint); leaving it out gives the
+    settings JSON data-free recipes always had (no `importance` key), so their fingerprints do not move."""
+    from factory.build import Build
+    from factory.recipe import load_recipe, settings_json
+
+    plain = load_recipe(gguf_recipe(tmp_path, "weights: {bits: 3}\ngguf: {type: Q3_K_S}"), check_model_configs=False)
+    settings = plain.effective(plain.models[0])
+    assert settings.calibration is None and settings.options == {"type": "Q3_K_S"}
+    assert "importance" not in settings_json(settings)
+
+    text = tmp_path / "cal.txt"
+    text.write_text("one two three " * 400)
+    body = "weights: {bits: 3}\ngguf: {type: Q3_K_S, importance: calibration}\ncalibration: {source: file, path: cal.txt}"
+    recipe = load_recipe(gguf_recipe(tmp_path, body), check_model_configs=False)
+    settings = recipe.effective(recipe.models[0])
+    assert settings.calibration.source == "file" and settings.options["importance"] == "calibration"
+    before = Build(recipe, recipe.models[0], tmp_path / "w").fingerprint()
+    text.write_text("four five six " * 400)
+    assert Build(recipe, recipe.models[0], tmp_path / "w").fingerprint() != before
+
+
+@pytest.fixture(scope="module")
+def tiny_smollm2(tmp_path_factory) -> Path:
+    """A 1-layer random Llama with SmolLM2's tokenizer and 256-wide layers (every tensor splits into K-quant
+    super-blocks), so a K-quant GGUF is written in seconds."""
+    import torch
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
+
+    from factory.models import _smollm2_checkpoint
+
+    base = _smollm2_checkpoint()
+    model_dir = tmp_path_factory.mktemp("tiny-smollm2")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(base / name, model_dir / name)
+    real = AutoConfig.from_pretrained(base)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=real.vocab_size, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         bos_token_id=real.bos_token_id, eos_token_id=real.eos_token_id, pad_token_id=real.pad_token_id)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
+    return model_dir
+
+
+def _build_tiny(tmp_path, model_dir: Path, name: str, body: str, monkeypatch):
+    import factory.models
+    from factory.build import Build
+    from factory.models import SMOLLM2_GGUF, _smollm2_package_dir
+    from factory.quantize import quantize
+    from factory.recipe import load_recipe
+
+    # the tokenizer metadata comes from SmolLM2's own GGUF, as for the demo base (gguf_vocab)
+    monkeypatch.setattr(factory.models, "gguf_origin", lambda path: _smollm2_package_dir() / SMOLLM2_GGUF)
+    path = write_recipe(tmp_path, f"name: {name}\nmethod: gguf\n{body}\n"
+                        f"models: [{{id: test/tiny, source: local, path: {model_dir}}}]\n", f"{name}.yaml")
+    recipe = load_recipe(path)
+    build = Build(recipe, recipe.models[0], tmp_path / "work")
+    return build, quantize(build).record
+
+
+def test_importance_builds_a_different_gguf_and_publishes_the_matrix_beside_it(tmp_path, tiny_smollm2, monkeypatch):
+    import numpy as np
+    from gguf import GGUFReader
+
+    from factory.methods.gguf_importance import read_imatrix
+
+    free, _ = _build_tiny(tmp_path, tiny_smollm2, "free", "weights: {bits: 3}\ngguf: {type: Q3_K_S}", monkeypatch)
+    body = ("weights: {bits: 3}\ngguf: {type: Q3_K_S, importance: calibration}\n"
+            "calibration: {source: demo, samples: 4, seq_len: 64}")
+    build, record = _build_tiny(tmp_path, tiny_smollm2, "imx", body, monkeypatch)
+
+    # the manifest names the importance file and the calibration set; both are uploaded beside the GGUF
+    importance = record.get("importance")
+    assert importance["file"] == "model-Q3_K_S.imatrix" and importance["calibration_file"] == "calibration.json"
+    assert importance["tensors"] == 7  # q, k, v, o, gate, up, down of the one layer
+    identity = json.loads((build.model_dir / "calibration.json").read_text())
+    assert identity == importance["calibration"]
+    assert identity["source"] == "demo" and identity["samples"] == 4 and identity["tokens"] == 256
+    assert len(identity["text_sha256"]) == 64 and len(identity["token_ids_sha256"]) == 64
+    artifact = build.artifact()
+    assert artifact.gguf_file == "model-Q3_K_S.gguf"  # the matrix is not taken for a second model file
+    assert sorted(artifact.upload_files()) == ["calibration.json", "factory_recipe.yaml", "model-Q3_K_S.gguf",
+                                               "model-Q3_K_S.imatrix"]
+    assert "calibration.json" not in free.artifact().upload_files()
+
+    # the matrix: llama.cpp's imatrix format, under the GGUF's tensor names, one mean per input column
+    imatrix = read_imatrix(build.model_dir / importance["file"])
+    assert imatrix["meta"]["general.type"] == "imatrix"
+    assert imatrix["meta"]["imatrix.chunk_count"] == 4 and imatrix["meta"]["imatrix.chunk_size"] == 64
+    assert "4 windows of 64 tokens (seed 2)" in imatrix["meta"]["imatrix.datasets"][0]
+    means = imatrix["means"]
+    assert set(means) == {f"blk.0.{t}.weight" for t in ("attn_q", "attn_k", "attn_v", "attn_output",
+                                                       "ffn_gate", "ffn_up", "ffn_down")}
+    assert means["blk.0.attn_q.weight"].shape == (256,) and means["blk.0.ffn_down.weight"].shape == (512,)
+    assert all(np.all(m >= 0) and m.std() > 0 for m in means.values())
+
+    # the weights differ from the data-free file's: the rounding was weighted by the matrix
+    def tensors(path):
+        return {t.name: bytes(t.data.tobytes()) for t in GGUFReader(path).tensors}
+
+    weighted, plain = tensors(build.model_dir / "model-Q3_K_S.gguf"), tensors(free.model_dir / "model-Q3_K_S.gguf")
+    assert set(weighted) == set(plain)
+    changed = {name for name in plain if weighted[name] != plain[name]}
+    assert {f"blk.0.{t}.weight" for t in ("attn_q", "ffn_down")} <= changed, changed
+    assert "blk.0.attn_norm.weight" not in changed
+
+
+def test_the_shipped_importance_recipe_and_its_card_facts():
+    from factory.methods import get_method
+    from factory.recipe import load_recipe, repo_id
+
+    recipe = load_recipe(REPO / "recipes" / "gguf-q2ks-imatrix.yaml", check_model_configs=False)
+    settings = recipe.effective(recipe.models[0])
+    assert settings.options == {"type": "Q2_K_S", "importance": "calibration"}
+    assert settings.calibration.source == "wikitext2" and settings.calibration.samples == 128
+    assert repo_id(recipe, recipe.models[0], "org") == "org/Meta-Llama-3-8B-Q2_K_S-imatrix-GGUF"
+    facts = get_method("gguf").card_facts(settings)
+    assert "weighted by an importance matrix from calibration data" in facts.engine
+    assert facts.data_note
+    plain = load_recipe(REPO / "recipes" / "gguf-q2ks.yaml", check_model_configs=False)
+    plain_facts = get_method("gguf").card_facts(plain.effective(plain.models[0]))
+    assert "data-free" in plain_facts.engine and not plain_facts.data_note

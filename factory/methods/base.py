@@ -31,6 +31,7 @@ class CardFacts:
     load_note: str  # what loading needs
     serve_note: str  # Markdown: how to serve it, or why a runtime cannot
     library_name: str = "transformers"  # the card's library_name (the Hub's library filter)
+    data_note: str = ""  # Markdown: what data beyond the base shaped the weights, and what it was measured to do
 
 
 class QuantMethod:
@@ -93,6 +94,11 @@ class QuantMethod:
         elif recipe.activations is not None and w.bits != 8:
             out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
         return out
+
+    def uses_calibration(self, options: BaseModel | None) -> bool:
+        """Whether a recipe with these options (the method's block, defaults filled in) reads its
+        `calibration:` block; a method where data is optional (gguf's importance matrix) says so here."""
+        return self.needs_calibration
 
     def code_digest(self) -> str | None:
         """A digest of the factory's own code that shapes the output (None: a library does the work,

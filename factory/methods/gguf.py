@@ -12,6 +12,9 @@ rounded as `llama-quantize` rounds it without an importance matrix, and the type
 (Q6_K for `output` and some `ffn_down`, ...) is llama.cpp's. Tensors whose rows do not split into
 256-weight super-blocks fall back to a 32-block type, as in llama.cpp (SmolLM2's 576-wide layers:
 Q4_K -> Q5_0); the manifest and the card count the tensor types actually written.
+With `importance: calibration` (K-quant types) auto-round's optimized RTN weighs the rounding by an
+importance matrix computed on the recipe's calibration text, and the matrix and the calibration set's
+identity are published beside the file (factory/methods/gguf_importance.py).
 
 Tokenizer metadata is written as llama.cpp writes it (and checked against the base tokenizer after
 writing: `gguf_vocab.check_tokenizer`; evaluation then tokenizes with the base tokenizer, since
@@ -35,9 +38,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_serializer
 
 from factory.methods.base import CardFacts, QuantMethod
 from factory.recipe import Strict
@@ -52,6 +55,10 @@ TYPES: dict[str, int] = {
     "Q6_K": 6, "Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8,
 }
 DEFAULT_TYPE = "Q4_K_M"
+# The types offered with importance data: the K-quant files, as auto-round makes its own calibrated GGUFs
+# (inside them the fallback tensors are weighted too). Of the 32-weight-block files, auto-round 0.15's router
+# gives Q4_1/Q5_1 (asymmetric) no importance search; Q4_0, Q5_0 and Q8_0 are not offered until measured.
+IMPORTANCE_TYPES = tuple(t for t in TYPES if "_K" in t)
 
 
 class GGUFOptions(Strict):
@@ -66,6 +73,20 @@ class GGUFOptions(Strict):
                              f"supported: {', '.join(TYPES)}")
         return value
 
+    importance: Literal["none", "calibration"] = Field(
+        "none", description="none: data-free rounding (llama-quantize without --imatrix); calibration: "
+        "auto-round's optimized RTN weighted by an importance matrix (squared input activations per column) "
+        "computed on the recipe's calibration: block, published beside the file in llama.cpp's imatrix "
+        "format. K-quant types only: " + ", ".join(IMPORTANCE_TYPES) + ".")
+
+    @model_serializer(mode="wrap")
+    def _data_free_as_before(self, handler):
+        # the default is left out of the settings, so data-free builds keep the fingerprints they had
+        data = handler(self)
+        if data.get("importance") == "none":
+            data.pop("importance")
+        return data
+
 
 def gguf_file_name(gguf_type: str) -> str:
     """The file's name in the build and the repo: the type last, as llama.cpp's `-hf repo:TYPE` and
@@ -75,7 +96,8 @@ def gguf_file_name(gguf_type: str) -> str:
 
 class GGUF(QuantMethod):
     name = "gguf"
-    summary = "GGUF file for llama.cpp / Ollama (K-quants, Q8_0, ...), auto-round's writer, data-free"
+    summary = ("GGUF file for llama.cpp / Ollama (K-quants, Q8_0, ...), auto-round's writer, data-free or "
+               "with an importance matrix")
     output_format = "gguf"
     libraries = ("auto-round", "gguf")
     supported_bits = tuple(sorted(set(TYPES.values())))
@@ -90,6 +112,9 @@ class GGUF(QuantMethod):
     def gguf_type(self, settings: "Settings") -> str:
         return self.options(settings).type
 
+    def uses_calibration(self, options) -> bool:
+        return options is not None and options.importance == "calibration"
+
     def check(self, recipe: "Recipe") -> list:
         out = [p for p in super().check(recipe) if p[0] != ("weights", "bits")]
         options = recipe.method_options
@@ -103,6 +128,15 @@ class GGUF(QuantMethod):
         for i, entry in enumerate(recipe.models):
             if entry.overrides.group_size is not None or entry.overrides.ignore is not None:
                 out.append((("models", i, "overrides"), "group_size and ignore do not apply to gguf"))
+        calibrated = "calibration" in recipe.model_fields_set
+        if options.importance == "calibration" and options.type not in IMPORTANCE_TYPES:
+            out.append((("gguf", "importance"), f"{options.type} is not offered with importance data (the K-quant "
+                        f"types are, as auto-round makes calibrated GGUFs: {', '.join(IMPORTANCE_TYPES)})"))
+        elif options.importance == "calibration" and not calibrated:
+            out.append((("gguf", "importance"), "calibration needs a calibration: block, the text the importance "
+                        "matrix is computed on (e.g. calibration: {source: demo})"))
+        elif options.importance == "none" and calibrated:
+            out.append((("calibration",), "gguf is data-free unless gguf.importance: calibration is set"))
         return out
 
     def checks_group_divisibility(self) -> bool:
@@ -136,8 +170,17 @@ class GGUF(QuantMethod):
         staging = out_dir / ".auto-round"
         from factory.methods.gguf_vocab import llama_cpp_vocab
 
-        with llama_cpp_vocab(base_dir):
-            rounder = AutoRound(model, tokenizer, scheme=scheme, iters=0, disable_opt_rtn=True, device_map=device)
+        from factory.methods import gguf_importance
+
+        importance = self.uses_calibration(self.options(settings))
+        rounding, windows = dict(iters=0, disable_opt_rtn=True), None
+        if importance:
+            from factory.calibration import calibration_windows
+
+            windows = calibration_windows(settings.calibration, tokenizer, recipe_dir)
+            rounding = gguf_importance.rounder_kwargs(windows)
+        with llama_cpp_vocab(base_dir), gguf_importance.captured_importance() as sums:
+            rounder = AutoRound(model, tokenizer, scheme=scheme, device_map=device, **rounding)
             rounder.quantize_and_save(str(staging), format=scheme)
         written = sorted(staging.rglob("*.gguf"))
         if len(written) != 1:
@@ -146,6 +189,8 @@ class GGUF(QuantMethod):
         written[0].replace(target)
         shutil.rmtree(staging)
         facts = describe_gguf(target)
+        if importance:
+            facts["importance"] = _publish_importance(out_dir, target, gguf_type, sums, settings, recipe_dir, windows)
         if facts["file_type"] != gguf_type:
             raise RuntimeError(f"the GGUF says file type {facts['file_type']}, not {gguf_type}")
         from factory.methods.gguf_vocab import check_tokenizer
@@ -174,8 +219,13 @@ class GGUF(QuantMethod):
             f"llama-server -hf {{repo_id}}:{gguf_type}\n"
             f"ollama run hf.co/{{repo_id}}:{gguf_type}\n"
             "```")
+        from factory.methods.gguf_importance import MEASURED
+
+        importance = self.uses_calibration(self.options(settings))
+        rounding = ("K-quant rounding weighted by an importance matrix from calibration data" if importance
+                    else "K-quant rounding, data-free")
         return CardFacts(
-            engine="auto-round's GGUF export (llama.cpp's converter and K-quant rounding, data-free)",
+            engine=f"auto-round's GGUF export (llama.cpp's converter and {rounding})",
             format=f"GGUF {gguf_type}",
             tags=("gguf", "llama-cpp", gguf_type.lower()),
             load_note=("transformers can load the file too (`gguf_file=`), but it dequantizes the weights to full "
@@ -187,7 +237,24 @@ class GGUF(QuantMethod):
                        "For the memory saving, use llama.cpp or Ollama."),
             serve_note=serve,
             library_name="gguf",  # the Hub files GGUF repos under library "gguf" (models?library=gguf)
+            data_note=MEASURED if importance else "",
         )
+
+
+def _publish_importance(out_dir: Path, target: Path, gguf_type: str, sums: dict, settings: "Settings",
+                        recipe_dir: Path, windows: list) -> dict:
+    """The importance matrix and the calibration set's identity, beside the file (gguf_importance)."""
+    import json
+
+    from factory.methods import gguf_importance as gi
+
+    identity = gi.calibration_identity(settings.calibration, recipe_dir, windows)
+    imatrix = out_dir / gi.imatrix_file_name(gguf_type)
+    covered = gi.write_imatrix(imatrix, sums, target, gi.dataset_label(identity), settings.calibration.seq_len,
+                               len(windows))
+    (out_dir / gi.CALIBRATION_FILE).write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+    return {"file": imatrix.name, "tensors": len(covered), "calibration_file": gi.CALIBRATION_FILE,
+            "calibration": identity, "dataset": gi.dataset_label(identity)}
 
 
 def write_unquantized(base_dir: Path, target: Path, ftype: str = "F16") -> Path:
