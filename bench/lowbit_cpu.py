@@ -8,7 +8,8 @@ windows of the bundled held-out text, never used for calibration), in float32.
 
 Prints a table (perplexity, effective and paper bits, wall time and peak RSS, each relative to
 GPTQ 2-bit), writes JSON with --json, and exits 1 when a build fails or an ordering the paper
-reports does not hold here (PB-LLM 2-bit and BiLLM below GPTQ 2-bit).
+reports does not hold here (PB-LLM 2-bit, BiLLM and DB-LLM 2-bit below GPTQ 2-bit); DB-LLM 2-bit below
+PB-LLM 2-bit and BiLLM, the paper's order, is printed as a goal and does not fail the run.
 
     .venv/bin/python bench/lowbit_cpu.py [--json bench/results/lowbit_cpu.json] [--only billm,gptq-2bit]
 
@@ -41,6 +42,11 @@ BUILDS = {
     "slim-llm-2bit": "method: slim-llm\nweights: {bits: 2}",
     "quip-2bit": "method: quip\nweights: {bits: 2}",
     "autoround-2bit": "method: autoround\nweights: {bits: 2, group_size: 64}\nautoround: {iters: 50}",
+    # DB-LLM trains end to end against the full-precision model on text the model generates (the paper's
+    # setting); the demo recipe's budget (recipes/demo-smollm2-db-llm-2bit.yaml), groups of 64 like GPTQ's
+    "db-llm-2bit": "method: db-llm\nweights: {bits: 2, group_size: 64}\n"
+                   "db-llm: {steps: 40, samples: 32, seq_len: 128, batch_size: 4, learning_rate_weights: 1.0e-4, "
+                   "learning_rate_scales: 1.0e-4}",
 }
 PERPLEXITY = """
 import json, sys, torch
@@ -98,12 +104,20 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     checks = {}
     if ref:
-        for name in ("pb-llm-2bit", "billm-1.1bit"):
+        for name in ("pb-llm-2bit", "billm-1.1bit", "db-llm-2bit"):
             if name in b:
                 checks[f"{name} below gptq-2bit"] = b[name]["perplexity"] < ref["perplexity"]
+    goals = {}  # the paper's orderings that are goals here, reported but not failing the run (issue 24)
+    if "db-llm-2bit" in b:
+        for name in ("pb-llm-2bit", "billm-1.1bit"):
+            if name in b:
+                goals[f"db-llm-2bit below {name}"] = b["db-llm-2bit"]["perplexity"] < b[name]["perplexity"]
     figures["orderings"] = checks
+    figures["goals"] = goals
     for claim, holds in checks.items():
         print(f"{'PASS' if holds else 'MISS'}: {claim} (the paper's ordering on LLaMA3-8B)")
+    for claim, holds in goals.items():
+        print(f"{'PASS' if holds else 'MISS (goal)'}: {claim} (the paper's ordering on LLaMA3-8B; a goal, not a failure)")
     print(f"1-min load average start/end: {figures['load_start']:.2f} / {figures['load_end']:.2f}")
     write_figures(args.json, figures)
     return 0 if all(checks.values()) else 1
