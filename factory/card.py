@@ -32,6 +32,10 @@ TEMPLATE = "model_card.md.j2"
 CARD_FILE = "README.md"
 RECOVERY_PLOT = "recovery.png"
 COMPARISON_PLOT = "comparison.png"
+# What the build is, in one small published file (the report reads it back from the Hub without the weights).
+BUILD_FILE = "factory_build.json"
+BUILD_FIGURES = ("format", "engine", "size_bytes", "base_size_bytes", "compression_ratio", "effective_bits",
+                 "paper_bits", "quantized_linears")
 PIPELINE_TAGS = {"causal-lm": "text-generation", "llava-next": "image-text-to-text"}
 
 
@@ -88,6 +92,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         text = render(build, repo_id, scores, siblings, speed)
         check_card(text)
         (out / CARD_FILE).write_text(text, encoding="utf-8")
+        (out / BUILD_FILE).write_text(json.dumps(build_record(build), indent=2, sort_keys=True) + "\n",
+                                      encoding="utf-8")
         return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
 
     return run_stage(build, "card", work, fingerprint=fingerprint)
@@ -141,6 +147,15 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return str(ModelCard(env.get_template(TEMPLATE).render(card_data=data.to_yaml(), **context)))
+
+
+def build_record(build: Build) -> dict:
+    """factory_build.json: the recipe, the settings it was built with and the artifact's figures (no paths)."""
+    manifest = build.manifest()
+    record = manifest.stages[build.artifact_stage]
+    return {"recipe": build.recipe.name, "model": build.entry.id, "artifact_stage": build.artifact_stage,
+            "settings": (manifest.fingerprint_inputs or {}).get("settings"),
+            "artifact": {name: record.get(name) for name in BUILD_FIGURES if record.get(name) is not None}}
 
 
 def speed_rows(speed: dict) -> list[dict]:

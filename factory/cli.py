@@ -269,6 +269,16 @@ def _parser() -> argparse.ArgumentParser:
     target_options(p, writes=False)
     p.set_defaults(run=cmd_plan)
 
+    p = sub.add_parser("report", parents=[common],
+                       help="every build of these recipes in the paper's tables, with plots, CSV and JSON")
+    p.add_argument("recipes", nargs="*", help="recipe files, folders or globs (default: recipes/*.yaml)")
+    p.add_argument("--out", metavar="DIR", help="where the report goes (default: <workdir>/report)")
+    p.add_argument("--from-hub", action="store_true",
+                   help="read each build back from its published repo (the target: the Hub, or --to) instead of builds/")
+    p.add_argument("--push", metavar="ORG/NAME", help="upload the report to this repo on the target, one verified commit")
+    target_options(p, writes=False)
+    p.set_defaults(run=cmd_report)
+
     p = sub.add_parser("rebuild", parents=[common], help="publish every stale or missing build")
     p.add_argument("recipes", nargs="*", help="recipe files, folders or globs (default: recipes/*.yaml)")
     p.add_argument("--max-builds", type=int, metavar="N", help="build at most N (1 or more) this run")
@@ -493,6 +503,28 @@ def cmd_plan(args) -> int:
         print(planning.as_json(rows))
     else:
         print(planning.table(rows, markdown=args.format == "markdown"))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from factory.build import workdir_root
+    from factory.hub import target_for
+    from factory.report_publish import check_report_repo, make_report, push_report
+
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty: give a folder, or leave the option out for <workdir>/report")
+    if args.push:
+        check_report_repo(args.push)  # before anything is read or rendered
+    root = workdir_root(args.workdir)
+    target = target_for(args.to)
+    out = Path(args.out) if args.out else root / "report"
+    made = make_report(args.recipes, root, out, target, args.org, from_hub=args.from_hub,
+                       log=lambda line: print(line, file=sys.stderr))
+    left = f"; {len(made.found.left_out)} left out (see the footer)" if made.found.left_out else ""
+    print(f"report: {len(made.found.builds)} builds, {len(made.report.tables)} tables, "
+          f"{sum(len(v) for v in made.report.plots.values())} plots -> {out}{left}")
+    if args.push:
+        push_report(made.files, target, args.push)
     return 0
 
 

@@ -1,0 +1,83 @@
+"""`factory report`: read the builds (factory.report_sources), render the report in full (factory.report),
+and with `--push ORG/NAME` upload it as one verified commit, as `push` does for a build.
+
+The push is idempotent: the report's README carries a digest of every file (`factory.fingerprint` in its
+front matter), and a target that already holds that digest is left alone. A repo that holds anything but a
+factory report is refused, so a report never overwrites a build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.errors import FactoryError, UserError
+from factory.hub import card_metadata, verify
+from factory.recipe import hub_repo_id_problem
+from factory.report import README, Report, build_report, write
+from factory.report_sources import Found, from_target, local
+
+
+@dataclass
+class Made:
+    report: Report
+    found: Found
+    files: dict[str, Path]
+    out: Path
+
+
+@dataclass
+class ReportPush:
+    repo_id: str
+    fingerprint: str
+    skipped: bool
+    location: str
+    commit: str | None = None
+
+
+def make_report(recipes: list[str], root: Path, out: Path, target=None, org: str | None = None,
+                from_hub: bool = False, log=print) -> Made:
+    found = from_target(recipes, root, target, org) if from_hub else local(recipes, root, target, org)
+    for line in found.warnings:
+        log(line)
+    report = build_report(found.builds, found.left_out)
+    title = "factory report: " + ", ".join(sorted({b.model for b in found.builds})) if found.builds else None
+    files = write(report, out, title or "factory report")
+    return Made(report, found, files, out)
+
+
+def report_fingerprint(files: dict[str, Path]) -> str:
+    block = card_metadata(files[README].read_text(encoding="utf-8")).get("factory") or {}
+    return block["fingerprint"]
+
+
+def check_report_repo(repo: str) -> None:
+    problem = hub_repo_id_problem(repo)
+    if problem or "/" not in repo:
+        raise UserError(f"--push {repo}: {problem or 'must be ORG/NAME'}")
+
+
+def push_report(files: dict[str, Path], target, repo: str, log=print) -> ReportPush:
+    check_report_repo(repo)
+    if hasattr(target, "require_token"):
+        target.require_token()
+    fingerprint = report_fingerprint(files)
+    with target.lock(repo):
+        current = target.lookup(repo)
+        if current is not None and not (current.factory or {}).get("report"):
+            raise UserError(f"--push {repo}: {target.description} holds a repo there that is not a factory report "
+                            "(a build, or someone else's); choose another name")
+        if current is not None and current.factory.get("fingerprint") == fingerprint:
+            log(f"  report unchanged: {target.description} already holds {repo} at {fingerprint}; nothing pushed")
+            return ReportPush(repo, fingerprint, True, target.location(repo), current.commit)
+        tag = f"factory-report-{fingerprint}"
+        pushed = target.publish(repo, files, f"factory: report ({len(files)} files, fingerprint {fingerprint})",
+                                "The factory's report over every build of its recipes (factory report --push).",
+                                tag, False, head=current.commit if current else None)
+        problems = verify(target, repo, pushed.commit, files, pushed.sha256)
+        if problems:
+            raise FactoryError(f"{repo}: the published report does not match the rendered one: {problems[0]}"
+                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    log(f"  pushed the report ({len(files)} files) to {pushed.url}"
+        + (f" (commit {pushed.commit[:12]})" if pushed.commit else "") + "; verified names, sizes and hashes")
+    return ReportPush(repo, fingerprint, False, pushed.url, pushed.commit)
