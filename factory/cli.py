@@ -520,7 +520,10 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else root / "report"
     made = make_report(args.recipes, root, out, target, args.org, from_hub=args.from_hub,
                        log=lambda line: print(line, file=sys.stderr))
-    left = f"; {len(made.found.left_out)} left out (see the footer)" if made.found.left_out else ""
+    bad = sum(x.bad for x in made.found.left_out)
+    missing = len(made.found.left_out) - bad
+    left = "".join([f"; {bad} left out as unreadable" if bad else "",
+                    f"; {missing} not built yet" if missing else ""]) + (" (see the footer)" if made.found.left_out else "")
     print(f"report: {len(made.found.builds)} builds, {len(made.report.tables)} tables, "
           f"{sum(len(v) for v in made.report.plots.values())} plots -> {out}{left}")
     if args.push:

@@ -135,6 +135,7 @@ class BuildFigures:
 class LeftOut:
     source: str
     reason: str
+    bad: bool = False  # unreadable input (a truncated or foreign file), not just a build not made yet
 
 
 @dataclass
@@ -219,7 +220,7 @@ def primary(scores: dict, task: str) -> dict | None:
 def build_report(builds: list[BuildFigures], left_out: list[LeftOut]) -> Report:
     tables: list[Table] = []
     for model in sorted({b.model for b in builds}):
-        mine = sorted((b for b in builds if b.model == model), key=lambda b: (b.bits, b.method, b.recipe))
+        mine = sorted((b for b in builds if b.model == model), key=lambda b: (_sort_bits(b), b.method, b.recipe))
         ptq = [b for b in mine if not b.finetune and b.kind != "llava-next"]
         lora = [b for b in mine if b.finetune and b.kind != "llava-next"]
         multimodal = [b for b in mine if b.kind == "llava-next"]
@@ -232,6 +233,13 @@ def build_report(builds: list[BuildFigures], left_out: list[LeftOut]) -> Report:
             tables.append(_table("multimodal", "Multimodal (LLaVA-Next; the paper's table is not bundled, so no "
                                  "paper figures)", model, multimodal, ()))
     return Report(tables, builds, left_out)
+
+
+def _sort_bits(build: BuildFigures) -> float:
+    try:
+        return float(build.paper_bits)
+    except (TypeError, ValueError):
+        return float(build.bits)
 
 
 def _table(kind: str, title: str, model: str, builds: list[BuildFigures], paper_columns) -> Table:
@@ -416,12 +424,14 @@ def to_json(report: Report) -> str:
     return json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str) + "\n"
 
 
-def _num(value: float | None, unit: str = "") -> str:
+def _num(value: float | None, unit: str = "", like: float | None = None) -> str:
+    """A figure as the table shows it; `like`: format with the precision of this figure (a difference
+    printed as its two figures are)."""
     if value is None:
         return "-"
     if unit == "%":
         return f"{value:.1f}"
-    magnitude = abs(value)
+    magnitude = abs(value if like is None else like)
     if magnitude >= 1e5:
         return f"{value:.3g}"
     if magnitude >= 100:
@@ -434,7 +444,8 @@ def cell_text(cell: Cell) -> str:
     if cell.paper is None:
         return ours
     sign = "+" if (cell.diff or 0) >= 0 else "-"
-    diff = "" if cell.diff is None else f" ({sign}{_num(abs(cell.diff), cell.unit)})"
+    scale = max(abs(cell.ours), abs(cell.paper)) if cell.ours is not None else None
+    diff = "" if cell.diff is None else f" ({sign}{_num(abs(cell.diff), cell.unit, like=scale)})"
     return f"{ours} / {_num(cell.paper, cell.unit)}{diff}"
 
 
@@ -499,10 +510,12 @@ def _footer(report: Report) -> list[str]:
              "- **eff. bits**: storage bits per quantized weight, scales and kept weights included, as the build's "
              "manifest counts them; *nominal* where it does not (the bits plus one 16-bit scale per group).",
              "- **decode tok/s**: batch size 1, where the build's speed was measured.", ""]
-    if report.left_out:
-        lines += ["### Left out", ""]
-        lines += [f"- `{_md(x.source)}`: {_md(x.reason)}" for x in report.left_out]
-        lines.append("")
+    for heading, items in (("Left out: unreadable", [x for x in report.left_out if x.bad]),
+                           ("Not built or not published yet", [x for x in report.left_out if not x.bad])):
+        if items:
+            lines += [f"### {heading}", ""]
+            lines += [f"- `{_md(x.source)}`: {_md(x.reason)}" for x in items]
+            lines.append("")
     lines += ["### Citation", "", "```bibtex", CITATION, "```", ""]
     return lines
 

@@ -45,9 +45,17 @@ def write_plots(report: Report, out: Path) -> dict[str, list[str]]:
     return written
 
 
+def bits_of(build: BuildFigures) -> float:
+    """The bit width as the paper plots it (BiLLM's 1.1, PB-LLM's 1.7), else the recipe's."""
+    try:
+        return float(build.paper_bits)
+    except (TypeError, ValueError):
+        return float(build.bits)
+
+
 def _series(builds: list[BuildFigures]) -> dict[str, list[BuildFigures]]:
     methods: dict[str, list[BuildFigures]] = {}
-    for build in sorted(builds, key=lambda b: (b.method, b.bits)):
+    for build in sorted(builds, key=lambda b: (b.method, bits_of(b))):
         methods.setdefault(build.method, []).append(build)
     return methods
 
@@ -67,14 +75,14 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
     column = next((c for c in PTQ_COLUMNS if c.task == task), None)
     table = Table("ptq", "", model, [])
     for index, (method, members) in enumerate(_series(builds).items()):
-        points = [(b.bits, primary(b.scores, task)["quantized"]) for b in members if primary(b.scores, task)]
+        points = [(bits_of(b), primary(b.scores, task)["quantized"]) for b in members if primary(b.scores, task)]
         points = [(x, y) for x, y in points if y and y > 0]
         if not points:
             continue
         color = f"C{index % 10}"
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", color=color, label=method)
         if column is not None:  # the paper's figure for the same setting, dashed
-            paper = [(b.bits, (_paper_row(table, b) or {}).get(column.paper_key)) for b in members]
+            paper = [(bits_of(b), (_paper_row(table, b) or {}).get(column.paper_key)) for b in members]
             paper = [(x, y) for x, y in paper if y]
             if paper:
                 ax.plot([x for x, _ in paper], [y for _, y in paper], marker="x", linestyle="--", color=color,
@@ -95,7 +103,7 @@ def plot_heatmap(model: str, builds: list[BuildFigures], path: Path) -> bool:
     cells = {}
     for build in builds:
         if build.mean_recovery is not None:
-            cells.setdefault((build.method, build.bits), build.mean_recovery)
+            cells.setdefault((build.method, bits_of(build)), build.mean_recovery)
     if not cells:
         return False
     methods = sorted({m for m, _ in cells})
@@ -108,7 +116,7 @@ def plot_heatmap(model: str, builds: list[BuildFigures], path: Path) -> bool:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(bits) + 3, 0.5 * len(methods) + 1.8))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(bits)), [str(b) for b in bits])
+    ax.set_xticks(range(len(bits)), [f"{b:g}" for b in bits])
     ax.set_yticks(range(len(methods)), methods)
     ax.set_xlabel("weight bits")
     for i in range(len(methods)):
@@ -133,7 +141,7 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str, path: Path,
              frontier: bool) -> bool:
-    points = [(b.size_bytes / 1e9, y(b), f"{b.method} {b.bits}b") for b in builds
+    points = [(b.size_bytes / 1e9, y(b), f"{b.method} {bits_of(b):g}b") for b in builds
               if b.size_bytes and y(b) is not None]
     if not points:
         return False
@@ -144,7 +152,8 @@ def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str,
         ax.annotate(label, (x, value), textcoords="offset points", xytext=(4, 3), fontsize="x-small")
     if frontier:
         line = pareto([(x, value) for x, value, _ in points])
-        ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="#d55e00", label="Pareto frontier")
+        ax.step([p[0] for p in line], [p[1] for p in line], where="post", color="#d55e00", marker="o",
+                markerfacecolor="none", markersize=10, label="Pareto frontier")
         ax.legend(fontsize="small")
     ax.set_xlabel("size on disk (GB)")
     ax.set_ylabel(ylabel)

@@ -30,7 +30,7 @@ class Found:
     warnings: list[str] = field(default_factory=list)  # one line per bad file
 
     def leave_out(self, source: str, reason: str, warn: bool = False) -> None:
-        self.left_out.append(LeftOut(source, reason))
+        self.left_out.append(LeftOut(source, reason, bad=warn))
         if warn:
             self.warnings.append(f"warning: {reason}" + ("" if "left out" in reason else "; left out of the report"))
 
