@@ -275,7 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where the report goes (default: <workdir>/report)")
     p.add_argument("--from-hub", action="store_true",
                    help="read each build back from its published repo (the target: the Hub, or --to) instead of builds/")
-    p.add_argument("--push", metavar="ORG/NAME", help="upload the report to this repo on the target, one verified commit")
+    p.add_argument("--push", metavar="ORG/NAME",
+                   help="upload the report to this repo on the target (one verified commit) and keep one Collection "
+                        "per base model and org of the published builds")
     target_options(p, writes=False)
     p.set_defaults(run=cmd_report)
 
@@ -509,7 +511,7 @@ def cmd_plan(args) -> int:
 def cmd_report(args) -> int:
     from factory.build import workdir_root
     from factory.hub import target_for
-    from factory.report_publish import check_report_repo, make_report, push_report
+    from factory.report_publish import check_report_repo, make_report, publish
 
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: give a folder, or leave the option out for <workdir>/report")
@@ -527,7 +529,7 @@ def cmd_report(args) -> int:
     print(f"report: {len(made.found.builds)} builds, {len(made.report.tables)} tables, "
           f"{sum(len(v) for v in made.report.plots.values())} plots -> {out}{left}")
     if args.push:
-        push_report(made.files, target, args.push)
+        publish(made, args.recipes, root, target, args.org, args.push)
     return 0
 
 

@@ -207,12 +207,15 @@ class Hub:
         """One small file of a repo (an evaluation record), downloaded alone; None when the repo has none."""
         from huggingface_hub.errors import EntryNotFoundError
 
+        from factory.net import hub_timeout
+
         try:
             with hub_errors("read", repo_id):
-                from factory.net import hub_timeout
-
-                local = self.api.hf_hub_download(repo_id, path, revision=revision, etag_timeout=hub_timeout())
-        except (EntryNotFoundError, _NotFound):
+                try:
+                    local = self.api.hf_hub_download(repo_id, path, revision=revision, etag_timeout=hub_timeout())
+                except EntryNotFoundError:  # before hub_errors takes its 404 for a failed call
+                    return None
+        except _NotFound:
             return None
         return Path(local).read_bytes()
 

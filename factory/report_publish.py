@@ -57,6 +57,20 @@ def check_report_repo(repo: str) -> None:
         raise UserError(f"--push {repo}: {problem or 'must be ORG/NAME'}")
 
 
+def publish(made: Made, recipes: list[str], root: Path, target, org: str | None, repo: str, log=print) -> ReportPush:
+    """`--push`: the report commit, then the Collections of the published builds. Everything that can be
+    refused without writing (the repo id, the titles) is checked before either is written."""
+    from factory.hub_collections import check_title, sync_all, title_for
+
+    check_report_repo(repo)
+    published = from_target(recipes, root, target, org)  # small reads: what the Collections will hold
+    for model in sorted({b.model for b in published.builds}):
+        check_title(title_for(model))
+    pushed = push_report(made.files, target, repo, log=log)
+    sync_all(target, published.builds, repo, log=log)
+    return pushed
+
+
 def push_report(files: dict[str, Path], target, repo: str, log=print) -> ReportPush:
     check_report_repo(repo)
     if hasattr(target, "require_token"):
