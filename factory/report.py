@@ -387,6 +387,17 @@ def _build_row(table: Table, build: BuildFigures) -> dict:
     return {"name": name, "label": label, "cells": cells, "build": build}
 
 
+def paper_cells(build: BuildFigures) -> list[str] | None:
+    """This build's row of the paper's table (Table 1, or the LoRA-FT table), each cell as the report shows
+    it (ours / paper (difference)); None where the paper has no row for the setting. The card quotes it."""
+    kind, columns = ("lora-ft", LORA_FT_COLUMNS) if build.finetune else ("ptq", PTQ_COLUMNS)
+    table = Table(kind, "", build.model, list(columns))
+    if build.kind == "llava-next" or _paper_row(table, build) is None:
+        return None
+    row = _build_row(table, build)
+    return [cell_text(row["cells"][c.key]) for c in columns]
+
+
 # ---------------------------------------------------------------- rendering
 
 

@@ -80,6 +80,15 @@ def _figures(build: Build, settings_data, record: dict, scores: dict, speed: dic
         scores=scores, speed=speed, size_bytes=size_bytes, effective_bits=bits, effective_bits_source=how)
 
 
+def figures_for(build: Build, scores: dict, speed: dict | None, repo_id: str | None) -> BuildFigures:
+    """One local build as the report reads it, from figures already loaded (the card stage's)."""
+    manifest = Manifest.read(build.dir / MANIFEST)
+    record = manifest.stage(build.artifact_stage)
+    data = record.model_dump() if record is not None else {}
+    return _figures(build, (manifest.fingerprint_inputs or {}).get("settings"), data, scores, speed,
+                    _relative(build.dir, build.root), repo_id, None, data.get("size_bytes"))
+
+
 def local(recipe_paths: list[str], root: Path, target=None, org: str | None = None) -> Found:
     found = Found()
     for build in recipe_builds(recipe_paths, root):

@@ -219,3 +219,46 @@ def test_from_hub_reads_only_small_files(grid):
     assert next(b for b in found.builds if b.method == "gptq").size_bytes == 4096  # from the listing's sizes
     assert set(read) <= {"evaluation/scores.json", "evaluation/speed.json", "factory_build.json"}
     assert any("not published" in x.reason for x in found.left_out)  # BiLLM and the others: no repo
+
+
+def test_card_links_the_report_and_collection_and_quotes_the_reports_paper_row(evaluated_build, tmp_path,
+                                                                               monkeypatch):
+    """The tiny build's card, with publish.report set and the tiny model standing in for LLaMA-3-8B (so the
+    paper has a row): the links, and a 'this build' row whose cells are the report's cells."""
+    from factory import paper
+    from factory.build import Build
+    from factory.card import card
+    from factory.recipe import load_recipe
+
+    work, recipe_path = evaluated_build
+    shutil.copytree(work / "builds", tmp_path / "builds")
+    recipe_file = tmp_path / "rtn-4bit.yaml"
+    recipe_file.write_text(recipe_path.read_text().replace("publish: {org: tester}",
+                                                           "publish: {org: tester, report: tester/tiny-report}"))
+    monkeypatch.setitem(paper.PAPER_MODELS, "test/tiny", "LLaMA3-8B")
+    recipe = load_recipe(recipe_file)
+    build = Build(recipe, recipe.models[0], tmp_path)
+    scores_file = build.stage_dir("evaluate") / "scores.json"
+    scores = json.loads(scores_file.read_text())
+    scores["tasks"]["wikitext2_ppl"] = {"perplexity": {"base": 6.0, "quantized": 8.25, "recovery": 6 / 8.25,
+                                                       "higher_is_better": False, "primary": True}}
+    scores_file.write_text(json.dumps(scores))
+    # the recipe's RTN W4A16-g32 has no paper row; the paper's RTN 4-bit g128 does: read the row for g128
+    monkeypatch.setattr(paper, "paper_rows", lambda m, n, b, g, _rows=paper.paper_rows: _rows(m, n, b, 128))
+    import factory.report as report_module
+
+    monkeypatch.setattr(report_module, "paper_rows", paper.paper_rows)
+    import factory.card as card_module
+
+    monkeypatch.setattr(card_module, "paper_rows", paper.paper_rows)
+    text = (card(build, "tester/tiny-rtn-4bit").output / "README.md").read_text()
+    assert "Part of the Collection **tiny low-bit (factory)**" in text
+    assert "https://huggingface.co/collections/tester" in text and "(https://huggingface.co/tester/tiny-report)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| **this build**"))
+    found = local([str(recipe_file)], tmp_path)
+    report = build_report(found.builds, found.left_out)
+    ours = next(r for r in report.tables[0].rows if r["build"] is not None)["cells"]["wikitext2_ppl"]
+    theirs = paper.paper_rows("test/tiny", "RTN", "4", 32)["RTN W4A16-g128"]["wikitext2_ppl"]
+    assert ours.paper == theirs and cell_text(ours) == f"8.25 / {theirs:.2f} ({'+' if 8.25 >= theirs else '-'}" \
+        f"{abs(8.25 - theirs):.2f})"
+    assert f"| {cell_text(ours)} |" in row and ", smoke |" in row
