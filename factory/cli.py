@@ -569,6 +569,9 @@ def cmd_rebuild(args) -> int:
     failed = sum(result == "failed" for _, result, _ in outcomes)
     if failed:
         print(f"{failed} of {len(outcomes)} builds failed", file=sys.stderr)
+    from factory.report_publish import refresh_reports
+
+    refresh_reports(args.recipes, root, target, args.org)  # the reports the recipes name, and their Collections
     return 1 if failed else 0
 
 

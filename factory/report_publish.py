@@ -95,3 +95,29 @@ def push_report(files: dict[str, Path], target, repo: str, log=print) -> ReportP
     log(f"  pushed the report ({len(files)} files) to {pushed.url}"
         + (f" (commit {pushed.commit[:12]})" if pushed.commit else "") + "; verified names, sizes and hashes")
     return ReportPush(repo, fingerprint, False, pushed.url, pushed.commit)
+
+
+def reports_of(recipes: list[str]) -> dict[str, list[str]]:
+    """{report repo: the recipe files that name it (publish.report)}."""
+    from factory.plan import recipe_files
+    from factory.recipe import load_recipe
+
+    out: dict[str, list[str]] = {}
+    for path in recipe_files(recipes):
+        report = load_recipe(path).publish.report
+        if report:
+            out.setdefault(report, []).append(path)
+    return out
+
+
+def refresh_reports(recipes: list[str], root: Path, target, org: str | None, log=print) -> list[ReportPush]:
+    """`factory rebuild`, after its builds: each report the recipes name, read back from the target and pushed
+    (unchanged: nothing written), and the Collections brought up to date."""
+    from factory.models import slug
+
+    done = []
+    for repo, paths in sorted(reports_of(recipes).items()):
+        log(f"\nreport {repo} ({len(paths)} recipes)")
+        made = make_report(paths, root, root / "report" / slug(repo), target, org, from_hub=True, log=log)
+        done.append(publish(made, paths, root, target, org, repo, log=log))
+    return done

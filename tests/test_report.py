@@ -262,3 +262,26 @@ def test_card_links_the_report_and_collection_and_quotes_the_reports_paper_row(e
     assert ours.paper == theirs and cell_text(ours) == f"8.25 / {theirs:.2f} ({'+' if 8.25 >= theirs else '-'}" \
         f"{abs(8.25 - theirs):.2f})"
     assert f"| {cell_text(ours)} |" in row and ", smoke |" in row
+
+
+def test_rebuild_refreshes_the_report_and_collection_it_names(evaluated_build, tmp_path):
+    work, recipe_path = evaluated_build
+    shutil.copytree(work / "builds", tmp_path / "builds")
+    recipe_file = tmp_path / "rtn-4bit.yaml"
+    recipe_file.write_text(recipe_path.read_text().replace("publish: {org: tester}",
+                                                           "publish: {org: tester, report: tester/tiny-report}"))
+    hub = tmp_path / "hub"
+    args = ("rebuild", str(recipe_file), "--workdir", str(tmp_path), "--to", str(hub))
+    done = run_factory(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = hub / "tester" / "tiny-report"
+    assert {"README.md", "report.csv", "report.json"} <= {p.name for p in report.iterdir()}
+    data = json.loads((report / "report.json").read_text())
+    assert [b["source"] for b in data["builds"]] == ["tester/tiny-rtn-4bit"]  # read back from the target
+    collection = json.loads(next((hub / ".collections" / "tester").glob("*.json")).read_text())
+    assert [i["id"] for i in collection["items"]] == ["tester/tiny-rtn-4bit", "tester/tiny-report"]
+    card = (hub / "tester" / "tiny-rtn-4bit" / "README.md").read_text()
+    assert "(https://huggingface.co/tester/tiny-report)" in card
+    again = run_factory(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "report unchanged" in again.stdout + again.stderr and "unchanged (2 items)" in again.stdout + again.stderr
