@@ -164,7 +164,11 @@ def study_links(build: Build, repo_id: str) -> dict | None:
 
 
 def _ours_in_paper(build: Build, scores: dict, speed: dict | None, repo_id: str) -> list[str] | None:
+    from factory import paper
     from factory.report import paper_cells
+
+    if build.entry.id not in paper.PAPER_MODELS or build.method.paper_name is None:
+        return None  # a model or method the paper did not measure: no row to quote
     from factory.report_sources import figures_for
 
     return paper_cells(figures_for(build, scores, speed, repo_id))
