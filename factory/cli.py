@@ -515,6 +515,8 @@ def cmd_report(args) -> int:
 
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: give a folder, or leave the option out for <workdir>/report")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file, not a folder")
     if args.push:
         check_report_repo(args.push)  # before anything is read or rendered
     root = workdir_root(args.workdir)

@@ -191,3 +191,22 @@ def test_hub_org_without_write_access_is_one_line(hub, on_hub, tmp_path):
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "403" in lines[0] and "Traceback" not in done.stderr
     assert hub.collections(namespace) == []
+
+
+def test_report_push_with_a_title_over_the_limit_writes_nothing(tmp_path):
+    """A base model whose Collection title would be too long: one line, exit 2, no report commit either."""
+    long_id = "org/" + "x" * 50
+    recipe = tmp_path / "rtn-4bit.yaml"
+    recipe.write_text((RECIPES / "rtn-4bit.yaml").read_text().split("models:")[0]
+                      + f"models:\n  - {{id: {long_id}, kind: causal-lm, license: mit}}\n")
+    fake_build(tmp_path, recipe, long_id, scores_for(_figures(0.9)))
+    hub = tmp_path / "hub"
+    _folder_put(hub)("local/" + "x" * 50 + "-rtn-4bit", {
+        "README.md": b"---\nfactory:\n  fingerprint: abc\n---\n",
+        "evaluation/scores.json": (tmp_path / "builds/rtn-4bit" / ("org--" + "x" * 50) / "eval/scores.json").read_bytes()})
+    done = run_factory("report", str(recipe), "--workdir", str(tmp_path), "--to", str(hub),
+                       "--push", "local/the-report")
+    assert done.returncode == 2, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "over the 60" in lines[0]
+    assert not (hub / "local" / "the-report").exists() and not (hub / ".collections").exists()
