@@ -432,7 +432,20 @@ def to_json(report: Report) -> str:
         "left_out": [asdict(x) for x in report.left_out],
         "plots": report.plots,
     }
-    return json.dumps(data, indent=1, sort_keys=True, allow_nan=False, default=str) + "\n"
+    return json.dumps(_json_safe(data), indent=1, sort_keys=True, allow_nan=False, default=str) + "\n"
+
+
+def _json_safe(value):
+    """A perplexity can be infinite (a collapsed build): JSON has no such number, so it is written "inf"."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _num(value: float | None, unit: str = "", like: float | None = None) -> str:

@@ -76,7 +76,7 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
     table = Table("ptq", "", model, [])
     for index, (method, members) in enumerate(_series(builds).items()):
         points = [(bits_of(b), primary(b.scores, task)["quantized"]) for b in members if primary(b.scores, task)]
-        points = [(x, y) for x, y in points if y and y > 0]
+        points = [(x, y) for x, y in points if y and 0 < y < float("inf")]
         if not points:
             continue
         color = f"C{index % 10}"
@@ -142,7 +142,7 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str, path: Path,
              frontier: bool) -> bool:
     points = [(b.size_bytes / 1e9, y(b), f"{b.method} {bits_of(b):g}b") for b in builds
-              if b.size_bytes and y(b) is not None]
+              if b.size_bytes and y(b) is not None and abs(y(b)) < float("inf")]
     if not points:
         return False
     plt = _pyplot()

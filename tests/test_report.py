@@ -285,3 +285,15 @@ def test_rebuild_refreshes_the_report_and_collection_it_names(evaluated_build, t
     again = run_factory(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "report unchanged" in again.stdout + again.stderr and "unchanged (2 items)" in again.stdout + again.stderr
+
+
+def test_an_infinite_perplexity_is_written_and_plotted(tmp_path):
+    """A collapsed build (perplexity inf, as json writes Infinity): the report still renders, JSON stays JSON."""
+    fake_build(tmp_path, RECIPES / "rtn-2bit.yaml", LLAMA, scores_for(_paper_like(float("inf"), 0.25)))
+    fake_build(tmp_path, RECIPES / "gptq-4bit.yaml", LLAMA, scores_for(_paper_like(6.9, 0.66)))
+    made = make_report([str(RECIPES / "rtn-2bit.yaml"), str(RECIPES / "gptq-4bit.yaml")], tmp_path,
+                       tmp_path / "report", log=lambda line: None)
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert any(c["ours"] == "inf" and c["column"] == "wikitext2_ppl" for c in data["cells"])
+    assert "| rtn W2A16-g128 | inf / 1,900 (+inf) |" in made.files["README.md"].read_text()
+    assert "meta-llama--Meta-Llama-3-8B-ppl-vs-bits.png" in made.files
