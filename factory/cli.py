@@ -24,6 +24,10 @@ def interrupted_message(command: str) -> str:
         return "nothing was written" + (" (plan only reads)" if command == "plan" else "")
     if command == "push":
         return _PUSH
+    if command == "report":  # the report folder is swapped in whole; the push is one commit (as push's)
+        return "the report folder holds its previous copy or the complete new one; " + _PUSH.replace(
+            "the push was cut off", "a push that was cut off") + "; a Collection update that was cut off is finished " \
+            "by the next run"
     from factory import build
 
     if build.interrupted_stage:
