@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from factory.artifact import Artifact
     from factory.build import Build
-    from factory.recipe import Speed
+    from factory.recipe import RuntimeQuality
 
 GENERATION_PROMPT = "The capital of France is"
 GENERATION_TOKENS = 32
@@ -57,13 +57,10 @@ def score_request(build: "Build", artifact: "Artifact") -> dict:
     return {"windows": windows(build), "top_k": q.top_k}
 
 
-def score_in_process(request: dict) -> dict:
-    """In the worker process: score, generate and chat with the artifact's GGUF file."""
+def score_in_process(path: Path, task: dict) -> dict:
+    """In the worker process: score, generate and chat with the GGUF file at `path`."""
     from factory.llama_cpp import chat, generate, open_server, score_windows
-    from factory.speed import gguf_files
 
-    task = request["task"]
-    path = gguf_files(Path(request["artifact"]["path"]))[0]
     longest = max(len(w) for w in task["windows"])
     server = open_server(path, n_ctx=max(1024, longest + CHAT_TOKENS + 64))
     positions = score_windows(server, task["windows"], task["top_k"])
@@ -74,13 +71,11 @@ def score_in_process(request: dict) -> dict:
     return result
 
 
-def runtime_quality(build: "Build", artifact: "Artifact", settings: "Speed", base: dict) -> dict:
-    """The build scored in llama.cpp beside the base's (cached) figures: what the card's table shows."""
+def quality_figures(measured: dict, base: dict, quality: "RuntimeQuality") -> dict:
+    """The build's scores (`score_in_process`) beside the base's: what the card's table shows."""
     from factory.llama_cpp import compare
-    from factory.speed import run_measurement
 
-    measured = run_measurement("llama.cpp", build.entry.kind, artifact, settings, task=score_request(build, artifact))
-    q = settings.quality
+    q = quality
     return {"text": TEXT, "windows": q.windows, "window_tokens": q.window_tokens, "top_k": q.top_k,
             "method": "teacher-forced one-token requests (the true next token forced by a logit bias), "
                       f"log-probabilities from the raw logits, top-{q.top_k} per position",

@@ -162,10 +162,12 @@ def speed(build: Build, log=print) -> StageResult:
                   "build": measured, "base": base, "base_source": source,
                   "served_as": served_as(runtime, artifact, measured)}
         if runtime == "llama.cpp":
-            from factory.runtime_quality import runtime_quality
+            from factory.runtime_quality import quality_figures, score_request
 
             log("  speed: scoring the build against the base's F16 GGUF in llama.cpp")
-            result["runtime_quality"] = runtime_quality(build, artifact, settings, base_score(build, device, log))
+            base_scores = base_score(build, device, log)
+            scores = run_measurement(runtime, build.entry.kind, artifact, settings, task=score_request(build, artifact))
+            result["runtime_quality"] = quality_figures(scores, base_scores, settings.quality)
         result["weights_note"] = weights_note(result)
         (out / SPEED_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return {"runtime": runtime, "speed_device": device}
@@ -314,7 +316,7 @@ def measure_in_process(request: dict) -> dict:
     if request.get("task"):
         from factory.runtime_quality import score_in_process
 
-        return score_in_process(request)
+        return score_in_process(gguf_files(Path(request["artifact"]["path"]))[0], request["task"])
     measure = {"transformers": _measure_transformers, "vllm": _measure_vllm, "llama.cpp": _measure_llama_cpp}
     result = measure[request["runtime"]](request)
     result["peak_rss_mb"] = peak_rss_mb()
