@@ -62,7 +62,7 @@ def note_for(build: BuildFigures) -> str:
     parts = [f"{build.method} {build.scheme}", f"{build.paper_bits} bits"]
     if build.effective_bits is not None:
         parts.append(f"{build.effective_bits:.2f} effective bits/weight"
-                     + (" (nominal)" if build.effective_bits_source == "nominal" else ""))
+                     + ("" if build.effective_bits_source == "counted" else f" ({build.effective_bits_source})"))
     if build.mean_recovery is not None:
         parts.append(f"mean recovery {build.mean_recovery:.3f}")
     labels = [x for x in ("smoke" if build.smoke else "", "simulated" if build.simulated else "") if x]

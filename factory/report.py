@@ -87,7 +87,7 @@ class BuildFigures:
     speed: dict | None
     size_bytes: int | None
     effective_bits: float | None
-    effective_bits_source: str  # counted | nominal
+    effective_bits_source: str  # counted | nominal | file size (the method says)
 
     @property
     def smoke(self) -> bool:
@@ -510,8 +510,8 @@ def _table_lines(table: Table) -> list[str]:
         else:
             bits = cells["effective_bits"].ours
             text += [_num(build.mean_recovery),
-                     "-" if bits is None else f"{bits:.2f}" + (" (nominal)" if build.effective_bits_source == "nominal"
-                                                                else ""),
+                     "-" if bits is None else f"{bits:.2f}" + ("" if build.effective_bits_source == "counted"
+                                                                else f" ({build.effective_bits_source})"),
                      "-" if build.size_bytes is None else _size(build.size_bytes),
                      _num(build.decode_tokens_per_s)]
         text.append(_md(row["label"]) or "benchmark")
@@ -532,7 +532,8 @@ def _footer(report: Report) -> list[str]:
              "- **eval: / speed:**: the runtime the evaluation and the speed measurement ran in (a runtime that "
              "decompresses the weights says so).",
              "- **eff. bits**: storage bits per quantized weight, scales and kept weights included, as the build's "
-             "manifest counts them; *nominal* where it does not (the bits plus one 16-bit scale per group).",
+             "manifest counts them; *nominal* where it does not (the bits plus one 16-bit scale per group); "
+             "*file size* for GGUF files (their bytes against the 16-bit base checkpoint's).",
              "- **decode tok/s**: batch size 1, where the build's speed was measured.", ""]
     for heading, items in (("Left out: unreadable", [x for x in report.left_out if x.bad]),
                            ("Not built or not published yet", [x for x in report.left_out if not x.bad])):

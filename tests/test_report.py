@@ -297,3 +297,11 @@ def test_an_infinite_perplexity_is_written_and_plotted(tmp_path):
     assert any(c["ours"] == "inf" and c["column"] == "wikitext2_ppl" for c in data["cells"])
     assert "| rtn W2A16-g128 | inf / 1,900 (+inf) |" in made.files["README.md"].read_text()
     assert "meta-llama--Meta-Llama-3-8B-ppl-vs-bits.png" in made.files
+
+
+def test_gguf_effective_bits_come_from_the_file_size(tmp_path):
+    fake_build(tmp_path, RECIPES / "gguf-q4km.yaml", LLAMA, scores_for(_paper_like(7.0, 0.65)),
+               size_bytes=4_900_000_000, artifact={"base_size_bytes": 16_000_000_000})
+    [build] = local([str(RECIPES / "gguf-q4km.yaml")], tmp_path).builds
+    assert (build.effective_bits, build.effective_bits_source) == (pytest.approx(4.9), "file size")
+    assert "4.90 (file size)" in markdown(build_report([build], []))
