@@ -265,6 +265,10 @@ class Publish(Strict):
         None, description="Hub dataset repo (org/name) shared by a fleet of build machines: the base model's "
         "scores are pushed there by the first job that computes them and read by every later one, one file per "
         "(model revision, evaluation fingerprint). Default: none (each machine keeps its own, in FACTORY_CACHE).")
+    report: str | None = Field(
+        None, description="Repo (org/name) of the report over the builds of every recipe that names it "
+        "(`factory report --push`): the build's card links it and its base model's Collection, and "
+        "`factory rebuild` refreshes it, and the Collections, after it publishes builds. Default: none.")
 
 
 class Overrides(Strict):
@@ -584,6 +588,10 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         problem = hub_repo_id_problem(recipe.publish.base_evals)
         if problem:
             out.append((("publish", "base_evals"), problem))
+    if recipe.publish.report is not None:
+        problem = hub_repo_id_problem(recipe.publish.report)
+        if problem:
+            out.append((("publish", "report"), problem))
     return out
 
 

@@ -115,6 +115,19 @@ class QuantMethod:
         """The bit width as the paper's tables write it ("4", "1.7"), to find this setting's row."""
         return str(settings.bits)
 
+    def effective_bits(self, settings: "Settings", record) -> tuple[float | None, str]:
+        """Storage bits per quantized weight, scales and kept weights included, and where the figure comes
+        from: "counted" when the build's manifest counted it (factory.lowbit methods record `effective_bits`),
+        else "nominal": the bits plus one 16-bit scale per group (and a `bits`-wide zero point when asymmetric).
+        A method whose format stores more (or less) per group overrides this."""
+        counted = record.get("effective_bits") if record is not None else None
+        if counted is not None:
+            return float(counted), "counted"
+        if not isinstance(settings.group_size, int):  # one scale per row: a few bits per thousands of weights
+            return float(settings.bits), "nominal"
+        overhead = 16 + (settings.bits if settings.symmetric is False else 0)
+        return settings.bits + overhead / settings.group_size, "nominal"
+
     def checks_group_divisibility(self) -> bool:
         """Whether a recipe's integer group size must divide the model's layer widths."""
         return self.fixed_group_size is None
