@@ -89,20 +89,22 @@ class OrthogonalTransform:
     def apply(self, x: Tensor) -> Tensor:
         """Q x for x of shape (n, k)."""
         a, b = self.left.shape[0], self.right.shape[0]
-        x = (x[self.permute_in] * self.signs.to(x.dtype).unsqueeze(1)).reshape(a, b, -1)
+        like = dict(device=x.device, dtype=x.dtype)  # the factors live on the CPU, x may be on CUDA
+        x = (x[self.permute_in.to(x.device)] * self.signs.to(**like).unsqueeze(1)).reshape(a, b, -1)
         # (A (x) B) vec: row index i = i_a b + i_b, so the product is A X B^T on each column's a x b view
-        y = torch.einsum("ij,jlk,ml->imk", self.left.to(x.dtype), x, self.right.to(x.dtype)).reshape(a * b, -1)
-        return y[self.permute_out]
+        y = torch.einsum("ij,jlk,ml->imk", self.left.to(**like), x, self.right.to(**like)).reshape(a * b, -1)
+        return y[self.permute_out.to(x.device)]
 
     def apply_transpose(self, y: Tensor) -> Tensor:
         """Q^T y for y of shape (n, k)."""
         a, b = self.left.shape[0], self.right.shape[0]
+        like = dict(device=y.device, dtype=y.dtype)
         x = torch.empty_like(y)
-        x[self.permute_out] = y
-        x = torch.einsum("ji,jlk,lm->imk", self.left.to(y.dtype), x.reshape(a, b, -1),
-                         self.right.to(y.dtype)).reshape(a * b, -1)
+        x[self.permute_out.to(y.device)] = y
+        x = torch.einsum("ji,jlk,lm->imk", self.left.to(**like), x.reshape(a, b, -1),
+                         self.right.to(**like)).reshape(a * b, -1)
         out = torch.empty_like(x)
-        out[self.permute_in] = x * self.signs.to(x.dtype).unsqueeze(1)
+        out[self.permute_in.to(y.device)] = x * self.signs.to(**like).unsqueeze(1)
         return out
 
     def dense(self) -> Tensor:
@@ -174,10 +176,11 @@ def preprocess(weight: Tensor, hessian: Tensor, seed: int, *, rescale: bool = Tr
     W = weight.detach().to(torch.float64)
     H = hessian.detach().to(torch.float64)
     columns = W.shape[1]
-    D = rescale_factors(W, H) if rescale else torch.ones(columns, dtype=torch.float64)
+    D = rescale_factors(W, H) if rescale else torch.ones(columns, dtype=torch.float64, device=W.device)
     W = W * D.unsqueeze(0)
     H = H / D.unsqueeze(0) / D.unsqueeze(1)
-    H = H * (columns / H.trace().clamp(min=1e-8)) + NORMALIZED_DAMPING * torch.eye(columns, dtype=torch.float64)
+    H = H * (columns / H.trace().clamp(min=1e-8)) + NORMALIZED_DAMPING * torch.eye(columns, dtype=torch.float64,
+                                                                                   device=H.device)
     u, v = transforms_for(W.shape[0], columns, seed)
     H = v.apply(v.apply(H).T)  # V H V^T (H symmetric)
     return Preprocessed(rotate(W, u, v), (H + H.T) / 2, D, u, v)

@@ -34,6 +34,13 @@ class SmoothQuant(LLMCompressorMethod):
     activations = "required"
     Options = SmoothQuantOptions
 
+    def check(self, recipe):
+        out = super().check(recipe)
+        if recipe.evaluation.backend == "vllm" and recipe.weights.bits != SERVED_BITS:
+            out.append((("evaluation", "backend"), f"vLLM serves smoothquant W{SERVED_BITS}A{SERVED_BITS} only; score "
+                                                   f"W{recipe.weights.bits}A{recipe.weights.bits} with backend: hf"))
+        return out
+
     def checks_group_divisibility(self) -> bool:
         return False
 
