@@ -8,7 +8,10 @@ LOCK ?= cpu
 export HF_HUB_OFFLINE ?= 1
 
 # Both locks are for CPython 3.11 on Linux x86_64 (manylinux_2_28), where the project runs.
-UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+# `make lock` resolves in a venv of its own that holds the bootstrap tools only: it must not first
+# rebuild .venv from the old locks (after a pyproject.toml edit that install would fail its pip check).
+LOCK_VENV := .venv-lock
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --no-header
 LOCKS := locks/bootstrap.txt locks/cpu.txt locks/cuda.txt locks/no-deps.txt
 
@@ -43,7 +46,12 @@ test: $(VENV)/.installed
 FIND_LINKS ?= $(wildcard /opt/wheels)
 CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 CPU_TORCH_SOURCE = $(if $(FIND_LINKS),--find-links $(FIND_LINKS),--extra-index-url $(CPU_INDEX))
-lock: $(VENV)/.installed
+$(LOCK_VENV)/bin/uv: locks/bootstrap.txt
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --require-hashes --no-deps -r locks/bootstrap.txt
+
+lock: $(LOCK_VENV)/bin/uv
 	$(UV_COMPILE) $(UPGRADE) locks/bootstrap.in -o locks/bootstrap.txt
 	$(UV_COMPILE) $(UPGRADE) $(CPU_TORCH_SOURCE) pyproject.toml --extra test -o locks/cpu.txt
 	$(UV_COMPILE) $(UPGRADE) pyproject.toml --extra test -o locks/cuda.txt

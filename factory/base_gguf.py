@@ -9,12 +9,11 @@ full disk, a converter error) leaves nothing that a later run takes as complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from factory.atomic import atomic_dir
-from factory.fingerprint import digest, library_versions
+from factory.fingerprint import code_digest, digest, library_versions
 from factory.models import cache_root, fetch_base, slug, source_revision
 
 FILE_TYPE = "F16"
@@ -23,11 +22,9 @@ CONVERTER_LIBRARIES = ("auto-round", "gguf")
 
 
 def identity(entry, recipe_dir: Path) -> dict:
-    from factory.methods import gguf_vocab
-
     return {"model": entry.id, "revision": source_revision(entry, recipe_dir), "file_type": FILE_TYPE,
             "libraries": library_versions(CONVERTER_LIBRARIES),
-            "tokenizer_code": hashlib.sha256(Path(gguf_vocab.__file__).read_bytes()).hexdigest()[:16]}
+            "tokenizer_code": code_digest(["factory.methods.gguf_vocab"])}
 
 
 def base_gguf(entry, recipe_dir: Path, log=print) -> Path:

@@ -107,10 +107,16 @@ class QuantMethod:
         `calibration:` block; a method where data is optional (gguf's importance matrix) says so here."""
         return self.needs_calibration
 
+    # The factory's own modules that compute the output (dotted names); their code enters the build
+    # fingerprint (factory.fingerprint.code_digest). Empty: a library does the work, and its version
+    # is fingerprinted instead.
+    engine_modules: tuple[str, ...] = ()
+
     def code_digest(self) -> str | None:
-        """A digest of the factory's own code that shapes the output (None: a library does the work,
-        and its version is fingerprinted instead)."""
-        return None
+        """A digest of the factory's own code that shapes the output (None: no such code)."""
+        from factory.fingerprint import code_digest
+
+        return code_digest(self.engine_modules) if self.engine_modules else None
 
     def paper_bits_label(self, settings: "Settings") -> str:
         """The bit width as the paper's tables write it ("4", "1.7"), to find this setting's row."""

@@ -23,6 +23,7 @@ class BiLLM(SimulatedMethod):
     summary = "residual binarization of salient columns, split binarization of the rest, ~1.1 bits (simulated)"
     supported_bits = (1,)
     Options = BiLLMOptions
+    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.billm",)
 
     def scheme_label(self, settings) -> str:
         return "W1.1A16-g128-simulated"

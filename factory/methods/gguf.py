@@ -35,7 +35,6 @@ ids through gguf-py's `SpecialVocab`.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -145,12 +144,9 @@ class GGUF(QuantMethod):
     def scheme_label(self, settings: "Settings") -> str:
         return self.gguf_type(settings)
 
-    def code_digest(self) -> str:
-        """The factory's code that writes the tokenizer metadata enters the fingerprint (not this
-        module's card text)."""
-        from factory.methods import gguf_vocab
-
-        return hashlib.sha256(Path(gguf_vocab.__file__).read_bytes()).hexdigest()[:16]
+    # The factory's code that writes the tokenizer metadata and the importance data enters the
+    # fingerprint (not this module's card text).
+    engine_modules = ("factory.methods.gguf_vocab", "factory.methods.gguf_importance")
 
     # ------------------------------------------------------------ build
 

@@ -27,7 +27,7 @@ class IRQLoRA(LoRAMethod):
     artifact_kind = "checkpoint"
     libraries = ("accelerate",)
 
-    code_files = ("stage.py", "data.py", "icq.py", "iec.py")  # ICQ and IEC are our own code
+    engine_modules = LoRAMethod.engine_modules + ("factory.finetune.icq", "factory.finetune.iec")  # ICQ and IEC are ours
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         return CardFacts(

@@ -32,17 +32,8 @@ class LoRAMethod(QuantMethod):
             out.append((("weights", "bits"), f"{self.name} fine-tunes a 4-bit (NF4) base, not a {recipe.weights.bits}-bit one"))
         return out
 
-    def code_digest(self) -> str:
-        """The stage's own code (prompt template, loss mask, training setup) shapes the adapter."""
-        import hashlib
-
-        finetune = Path(__file__).resolve().parent.parent / "finetune"
-        h = hashlib.sha256()
-        for name in self.code_files:
-            h.update(name.encode() + (finetune / name).read_bytes())
-        return h.hexdigest()[:16]
-
-    code_files: tuple[str, ...] = ("stage.py", "data.py")
+    # The stage's own code (prompt template, loss mask, training setup) shapes the adapter.
+    engine_modules: tuple[str, ...] = ("factory.finetune.stage", "factory.finetune.data")
 
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         raise NotImplementedError(f"{self.name} builds with the finetune stage (factory finetune)")

@@ -30,6 +30,7 @@ class PBLLM(SimulatedMethod):
     # the average itself follows salient_fraction
     supported_bits = (2,)
     Options = PBLLMOptions
+    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.pbllm",)
 
     def check(self, recipe):
         out = super().check(recipe)

@@ -30,6 +30,7 @@ class QuIP(SimulatedMethod):
     fixed_group_size = (PER_CHANNEL, "quip has no groups: one scale per weight matrix (2.4 x RMS after the "
                                      "rotations); remove group_size or write per-channel")
     Options = QuIPOptions
+    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.quip",)
 
     def scheme_label(self, settings) -> str:
         return f"W{settings.bits}A16-simulated"

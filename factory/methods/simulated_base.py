@@ -8,7 +8,6 @@ The model is calibrated decoder layer by decoder layer (factory.lowbit.quantize_
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,15 +16,16 @@ from factory.methods.base import CardFacts, QuantMethod
 if TYPE_CHECKING:
     from factory.recipe import Settings
 
-LOWBIT_DIR = Path(__file__).resolve().parent.parent / "lowbit"
-
-
 class SimulatedMethod(QuantMethod):
     output_format = "simulated"
     needs_calibration = True
     runtimes = ("transformers",)
     fixed_group_size = (128, "the paper's setting: blocks of 128 columns")
     default_symmetric = None
+    # Our own numerical code shapes the weights: the layer-by-layer driver and the shared GPTQ loop,
+    # plus each method's own engine module (a subclass adds it). A new module under factory/lowbit/
+    # changes no other method's fingerprint.
+    engine_modules: tuple[str, ...] = ("factory.lowbit", "factory.lowbit.hessian")
 
     def weight_quantizer(self, settings: "Settings"):
         """(weight, hessian) -> factory.lowbit QuantResult, with the recipe's options bound."""
@@ -34,13 +34,6 @@ class SimulatedMethod(QuantMethod):
     def manifest_figures(self, linears) -> dict:
         """Method-specific figures for the manifest from the per-linear reports (factory.lowbit.LinearReport)."""
         return {}
-
-    def code_digest(self) -> str:
-        """Our own numerical code shapes the weights: its digest enters the fingerprint."""
-        h = hashlib.sha256()
-        for path in sorted(LOWBIT_DIR.glob("*.py")):
-            h.update(path.name.encode() + path.read_bytes())
-        return h.hexdigest()[:16]
 
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         import torch

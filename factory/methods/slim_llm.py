@@ -24,6 +24,7 @@ class SliMLLM(SimulatedMethod):
     # each group takes bits-1, bits or bits+1 within 1..8, so an average of 2 to 7 is reachable
     supported_bits = (2, 3, 4, 5, 6, 7)
     Options = SliMLLMOptions
+    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.slim_llm",)
 
     def check(self, recipe):
         out = [p for p in super().check(recipe) if p[0] != ("weights", "bits")]
