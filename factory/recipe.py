@@ -90,7 +90,8 @@ class Weights(Strict):
 
 
 class Activations(Strict):
-    bits: Literal[8] = Field(description="Activation bit width; 8 (dynamic per-token), as vLLM serves.")
+    bits: Literal[4, 6, 8] = Field(description="Activation bit width, dynamic per token, equal to the weights' "
+                                   "(W8A8, which vLLM serves; W6A6 and W4A4 for evaluation, SmoothQuant only).")
 
 
 class Calibration(Strict):

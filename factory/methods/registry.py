@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "billm": "factory.methods.billm:BiLLM",
     "slim-llm": "factory.methods.slim_llm:SliMLLM",
     "quip": "factory.methods.quip:QuIP",
+    "spinquant-gptq": "factory.methods.spinquant_gptq:SpinQuantGPTQ",
     "autoround": "factory.methods.autoround:AutoRound",
     "gguf": "factory.methods.gguf:GGUF",
     "qlora": "factory.methods.qlora:QLoRA",
