@@ -15,7 +15,7 @@ UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --generate-hashes --python-
 	--python-platform x86_64-manylinux_2_28 --no-header
 LOCKS := locks/bootstrap.txt locks/cpu.txt locks/cuda.txt locks/no-deps.txt
 
-.PHONY: demo test lock
+.PHONY: demo test docs-check lock
 
 $(VENV)/.installed: pyproject.toml Makefile $(LOCKS)
 	rm -rf $(VENV)
@@ -38,6 +38,12 @@ demo: $(VENV)/.installed
 # by their number of tests and start the real-model file (six tests, ~13 min) last.
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+
+# Every command README.md shows and every shipped offline recipe, run from a clean copy of the
+# checkout (tests/docs_check.py): the offline ones end to end (published to a local hub folder),
+# the Hub/GPU ones parsed and their recipes validated. CI runs it after the tests.
+docs-check: $(VENV)/.installed
+	$(BIN)/python tests/docs_check.py
 
 # Re-resolve every lock from pyproject.toml and locks/*.in. To upgrade one package only:
 #   make lock UPGRADE='--upgrade-package transformers'

@@ -32,6 +32,10 @@ TEMPLATE = "model_card.md.j2"
 CARD_FILE = "README.md"
 RECOVERY_PLOT = "recovery.png"
 COMPARISON_PLOT = "comparison.png"
+# What the build is, in one small published file (the report reads it back from the Hub without the weights).
+BUILD_FILE = "factory_build.json"
+BUILD_FIGURES = ("format", "engine", "size_bytes", "base_size_bytes", "compression_ratio", "effective_bits",
+                 "paper_bits", "quantized_linears")
 PIPELINE_TAGS = {"causal-lm": "text-generation", "llava-next": "image-text-to-text"}
 
 
@@ -73,6 +77,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         "template": hashlib.sha256(template.read_bytes()).hexdigest(),
         "recipe_text": _recipe_text(build),
         "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        # the paper row quotes the report's cells, and the links name the report and the Collection
+        "report_code": hashlib.sha256((Path(__file__).parent / "report.py").read_bytes()).hexdigest(),
     }
     fingerprint = digest(inputs)
 
@@ -88,6 +94,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         text = render(build, repo_id, scores, siblings, speed)
         check_card(text)
         (out / CARD_FILE).write_text(text, encoding="utf-8")
+        (out / BUILD_FILE).write_text(json.dumps(build_record(build), indent=2, sort_keys=True) + "\n",
+                                      encoding="utf-8")
         return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
 
     return run_stage(build, "card", work, fingerprint=fingerprint)
@@ -133,6 +141,8 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
         "ft": s.finetune, "lora_ft": lora_ft_rows(entry.id, build.method.paper_name) if s.finetune else None,
         "loss_plot": LOSS_PNG, "adapter": build.method.artifact_kind == "adapter",
         "has_nf4": any(r["nf4"] is not None for r in rows),
+        "links": study_links(build, repo_id),
+        "ours_in_paper": _ours_in_paper(build, scores, speed, repo_id),
     }
     # ModelCard.from_template's plain jinja2.Template keeps a blank line per {% %} line, which
     # breaks Markdown tables; the same rendering with trim_blocks does not.
@@ -141,6 +151,36 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     return str(ModelCard(env.get_template(TEMPLATE).render(card_data=data.to_yaml(), **context)))
+
+
+def study_links(build: Build, repo_id: str) -> dict | None:
+    """The report repo and the base model's Collection, where the recipe names a report (publish.report)."""
+    from factory.hub_collections import title_for
+
+    report = build.recipe.publish.report
+    if not report:
+        return None
+    return {"report": report, "collection": title_for(build.entry.id), "namespace": repo_id.split("/")[0]}
+
+
+def _ours_in_paper(build: Build, scores: dict, speed: dict | None, repo_id: str) -> list[str] | None:
+    from factory import paper
+    from factory.report import paper_cells
+
+    if build.entry.id not in paper.PAPER_MODELS or build.method.paper_name is None:
+        return None  # a model or method the paper did not measure: no row to quote
+    from factory.report_sources import figures_for
+
+    return paper_cells(figures_for(build, scores, speed, repo_id))
+
+
+def build_record(build: Build) -> dict:
+    """factory_build.json: the recipe, the settings it was built with and the artifact's figures (no paths)."""
+    manifest = build.manifest()
+    record = manifest.stages[build.artifact_stage]
+    return {"recipe": build.recipe.name, "model": build.entry.id, "artifact_stage": build.artifact_stage,
+            "settings": (manifest.fingerprint_inputs or {}).get("settings"),
+            "artifact": {name: record.get(name) for name in BUILD_FIGURES if record.get(name) is not None}}
 
 
 def speed_rows(speed: dict) -> list[dict]:

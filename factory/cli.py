@@ -24,6 +24,10 @@ def interrupted_message(command: str) -> str:
         return "nothing was written" + (" (plan only reads)" if command == "plan" else "")
     if command == "push":
         return _PUSH
+    if command == "report":  # the report folder is swapped in whole; the push is one commit (as push's)
+        return "the report folder holds its previous copy or the complete new one; " + _PUSH.replace(
+            "the push was cut off", "a push that was cut off") + "; a Collection update that was cut off is finished " \
+            "by the next run"
     from factory import build
 
     if build.interrupted_stage:
@@ -269,6 +273,18 @@ def _parser() -> argparse.ArgumentParser:
     target_options(p, writes=False)
     p.set_defaults(run=cmd_plan)
 
+    p = sub.add_parser("report", parents=[common],
+                       help="every build of these recipes in the paper's tables, with plots, CSV and JSON")
+    p.add_argument("recipes", nargs="*", help="recipe files, folders or globs (default: recipes/*.yaml)")
+    p.add_argument("--out", metavar="DIR", help="where the report goes (default: <workdir>/report)")
+    p.add_argument("--from-hub", action="store_true",
+                   help="read each build back from its published repo (the target: the Hub, or --to) instead of builds/")
+    p.add_argument("--push", metavar="ORG/NAME",
+                   help="upload the report to this repo on the target (one verified commit) and keep one Collection "
+                        "per base model and org of the published builds")
+    target_options(p, writes=False)
+    p.set_defaults(run=cmd_report)
+
     p = sub.add_parser("rebuild", parents=[common], help="publish every stale or missing build")
     p.add_argument("recipes", nargs="*", help="recipe files, folders or globs (default: recipes/*.yaml)")
     p.add_argument("--max-builds", type=int, metavar="N", help="build at most N (1 or more) this run")
@@ -496,6 +512,33 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from factory.build import workdir_root
+    from factory.hub import target_for
+    from factory.report_publish import check_report_repo, make_report, publish
+
+    if args.out is not None and not args.out.strip():
+        raise UserError("--out is empty: give a folder, or leave the option out for <workdir>/report")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file, not a folder")
+    if args.push:
+        check_report_repo(args.push)  # before anything is read or rendered
+    root = workdir_root(args.workdir)
+    target = target_for(args.to)
+    out = Path(args.out) if args.out else root / "report"
+    made = make_report(args.recipes, root, out, target, args.org, from_hub=args.from_hub,
+                       log=lambda line: print(line, file=sys.stderr))
+    bad = sum(x.bad for x in made.found.left_out)
+    missing = len(made.found.left_out) - bad
+    left = "".join([f"; {bad} left out as unreadable" if bad else "",
+                    f"; {missing} not built yet" if missing else ""]) + (" (see the footer)" if made.found.left_out else "")
+    print(f"report: {len(made.found.builds)} builds, {len(made.report.tables)} tables, "
+          f"{sum(len(v) for v in made.report.plots.values())} plots -> {out}{left}")
+    if args.push:
+        publish(made, args.recipes, root, target, args.org, args.push)
+    return 0
+
+
 def cmd_rebuild(args) -> int:
     from factory import plan as planning
     from factory.build import Build, workdir_root
@@ -532,6 +575,9 @@ def cmd_rebuild(args) -> int:
     failed = sum(result == "failed" for _, result, _ in outcomes)
     if failed:
         print(f"{failed} of {len(outcomes)} builds failed", file=sys.stderr)
+    from factory.report_publish import refresh_reports
+
+    refresh_reports(args.recipes, root, target, args.org)  # the reports the recipes name, and their Collections
     return 1 if failed else 0
 
 

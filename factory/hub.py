@@ -77,6 +77,9 @@ class Target(Protocol):
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None: ...
     def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]: ...
     def lock(self, repo_id: str): ...
+    # small reads (factory.report): one file's bytes (None: not there), and the files' sizes without their content
+    def read_file(self, repo_id: str, path: str, revision: str | None) -> bytes | None: ...
+    def file_sizes(self, repo_id: str, revision: str | None) -> dict[str, int]: ...
 
 
 def target_for(to: str | None) -> Target:
@@ -198,6 +201,31 @@ class Hub:
             entries = self.api.list_repo_tree(repo_id, revision=revision, recursive=True, expand=True)
             return {e.path: RemoteFile(e.size, e.lfs.sha256 if e.lfs else None, None if e.lfs else e.blob_id)
                     for e in entries if isinstance(e, RepoFile)}
+
+
+    def read_file(self, repo_id: str, path: str, revision: str | None) -> bytes | None:
+        """One small file of a repo (an evaluation record), downloaded alone; None when the repo has none."""
+        from huggingface_hub.errors import EntryNotFoundError
+
+        from factory.net import hub_timeout
+
+        try:
+            with hub_errors("read", repo_id):
+                try:
+                    local = self.api.hf_hub_download(repo_id, path, revision=revision, etag_timeout=hub_timeout())
+                except EntryNotFoundError:  # before hub_errors takes its 404 for a failed call
+                    return None
+        except _NotFound:
+            return None
+        return Path(local).read_bytes()
+
+    def file_sizes(self, repo_id: str, revision: str | None) -> dict[str, int]:
+        """Every file's size, from the tree listing: no file is downloaded."""
+        from huggingface_hub.hf_api import RepoFile
+
+        with hub_errors("list", repo_id):
+            return {e.path: e.size for e in self.api.list_repo_tree(repo_id, revision=revision, recursive=True)
+                    if isinstance(e, RepoFile)}
 
 
 class _NotFound(Exception):
@@ -323,6 +351,14 @@ class LocalFolder:
 
     def ensure_tag(self, repo_id: str, tag: str, commit: str | None) -> None:
         return None  # a folder has no refs
+
+    def read_file(self, repo_id: str, path: str, revision: str | None) -> bytes | None:
+        file = self._dir(repo_id) / path
+        return file.read_bytes() if file.is_file() else None
+
+    def file_sizes(self, repo_id: str, revision: str | None) -> dict[str, int]:
+        base = self._dir(repo_id)
+        return {str(p.relative_to(base)): p.stat().st_size for p in sorted(base.rglob("*")) if p.is_file()}
 
     def listing(self, repo_id: str, revision: str | None) -> dict[str, RemoteFile]:
         base = self._dir(repo_id)

@@ -90,7 +90,8 @@ class Weights(Strict):
 
 
 class Activations(Strict):
-    bits: Literal[8] = Field(description="Activation bit width; 8 (dynamic per-token), as vLLM serves.")
+    bits: Literal[4, 6, 8] = Field(description="Activation bit width, dynamic per token, equal to the weights' "
+                                   "(W8A8, which vLLM serves; W6A6 and W4A4 for evaluation, SmoothQuant only).")
 
 
 class Calibration(Strict):
@@ -265,6 +266,10 @@ class Publish(Strict):
         None, description="Hub dataset repo (org/name) shared by a fleet of build machines: the base model's "
         "scores are pushed there by the first job that computes them and read by every later one, one file per "
         "(model revision, evaluation fingerprint). Default: none (each machine keeps its own, in FACTORY_CACHE).")
+    report: str | None = Field(
+        None, description="Repo (org/name) of the report over the builds of every recipe that names it "
+        "(`factory report --push`): the build's card links it and its base model's Collection, and "
+        "`factory rebuild` refreshes it, and the Collections, after it publishes builds. Default: none.")
 
 
 class Overrides(Strict):
@@ -584,6 +589,10 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         problem = hub_repo_id_problem(recipe.publish.base_evals)
         if problem:
             out.append((("publish", "base_evals"), problem))
+    if recipe.publish.report is not None:
+        problem = hub_repo_id_problem(recipe.publish.report)
+        if problem:
+            out.append((("publish", "report"), problem))
     return out
 
 

@@ -20,6 +20,14 @@ hf_hub_download, snapshot_download, ...) to work against it. The formats follow 
   LFS files are served directly (no redirect to a CDN host). No ``X-Xet-*`` header is ever sent, so downloads never
   take the Xet path.
 
+* Collections, as huggingface_hub 1.33's HfApi calls them: ``POST /api/collections`` ({title, namespace, private,
+  description}) -> the collection; 409 with its ``slug`` in the body when the namespace already has one of that title
+  (what ``create_collection(exists_ok=True)`` reads); ``GET /api/collections/{slug}``; ``POST .../{slug}/items``
+  ({item: {id, type}, note}) -> the collection, 409 when the item is in it already, 404 for a repo that does not exist;
+  ``PATCH .../{slug}/items/{_id}`` ({note?, position?}); ``DELETE .../{slug}/items/{_id}``. A collection is
+  ``{slug, title, owner, items: [{_id, id, type, position, note: {text, html}}], lastUpdated, position, private,
+  theme, upvotes, description}``; writes need write access to its namespace (403 otherwise, as for repos).
+
 Differences from the real Hub worth knowing:
 
 * Model and dataset repos; space URLs get 404 with a message saying so. A dataset repo is served under
@@ -58,7 +66,8 @@ import yaml
 DEFAULT_TOKEN = "hf_test_token_0123456789"
 DEFAULT_USERS = {DEFAULT_TOKEN: "tester"}
 
-ACTIONS = ("create_repo", "preupload", "lfs_batch", "lfs_upload", "commit", "tag", "model_info", "download")
+ACTIONS = ("create_repo", "preupload", "lfs_batch", "lfs_upload", "commit", "tag", "model_info", "download",
+           "collection")
 FAULT_MODES = ("500", "drop")
 
 LFS_SUFFIXES = (".safetensors", ".png", ".bin", ".gguf")
@@ -170,8 +179,11 @@ class FakeHub:
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
         self._state_file = self.root / "state.json"
         self._repos: dict[str, dict] = {}
+        self._collections: dict[str, dict] = {}  # slug -> the collection, in the Hub's JSON shape
         if self._state_file.is_file():
-            self._repos = json.loads(self._state_file.read_text())["repos"]
+            state = json.loads(self._state_file.read_text())
+            self._repos = state["repos"]
+            self._collections = state.get("collections", {})
 
     # ------------------------------------------------------------ lifecycle
 
@@ -278,6 +290,12 @@ class FakeHub:
                 for c in (repo["commits"][oid] for oid in repo["order"])
             ]
 
+    def collections(self, namespace: str | None = None) -> list[dict]:
+        """Every collection (of one namespace), as the API returns it."""
+        with self._lock:
+            return [json.loads(json.dumps(c)) for c in self._collections.values()
+                    if namespace is None or c["owner"]["name"].lower() == namespace.lower()]
+
     def tags(self, repo_id: str) -> dict[str, str]:
         with self._lock:
             repo = self._repo_or_keyerror(repo_id)
@@ -334,7 +352,7 @@ class FakeHub:
 
     def _save(self) -> None:
         tmp = self._state_file.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps({"repos": self._repos}))
+        tmp.write_text(json.dumps({"repos": self._repos, "collections": self._collections}))
         os.replace(tmp, self._state_file)
 
     def _blob_path(self, entry: dict) -> Path:
@@ -535,6 +553,106 @@ class FakeHub:
             del self._repos[next(k for k, r in self._repos.items() if r is repo)]
             self._save()
         return {}
+
+    # ---- collections
+
+    def api_create_collection(self, req) -> Any:
+        payload = req.json()
+        title, namespace = payload.get("title"), payload.get("namespace")
+        if not isinstance(title, str) or not title.strip() or not isinstance(namespace, str):
+            raise HubError(400, "A collection needs a title and a namespace")
+        self._writer(req.headers, namespace)
+        description = payload.get("description")
+        if description is not None and len(description) > 150:
+            raise HubError(400, "Too big: expected string to have <150 characters at description")
+        with self._lock:
+            for collection in self._collections.values():
+                if collection["owner"]["name"].lower() == namespace.lower() and collection["title"] == title:
+                    raise HubError(409, "You already have a collection with this title",
+                                   body={"slug": collection["slug"]})
+            words = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "collection"
+            slug = f"{namespace}/{words}-{self._new_oid('collection', namespace, title)[:24]}"
+            collection = {"slug": slug, "title": title, "description": description,
+                          "owner": {"name": namespace, "type": "user"}, "items": [], "lastUpdated": _now(),
+                          "position": len(self._collections), "private": bool(payload.get("private")),
+                          "theme": "default", "upvotes": 0}
+            self._collections[slug] = collection
+            self._save()
+            return json.loads(json.dumps(collection))
+
+    def _collection(self, slug: str) -> dict:
+        collection = self._collections.get(slug)
+        if collection is None:
+            raise HubError(404, f"Collection {slug} not found")
+        return collection
+
+    def api_get_collection(self, req, slug: str) -> Any:
+        with self._lock:
+            return json.loads(json.dumps(self._collection(slug)))
+
+    def _collection_for_write(self, req, slug: str) -> dict:
+        collection = self._collection(slug)
+        self._writer(req.headers, collection["owner"]["name"])
+        return collection
+
+    @staticmethod
+    def _renumber(collection: dict) -> None:
+        for index, item in enumerate(collection["items"]):
+            item["position"] = index
+        collection["lastUpdated"] = _now()
+
+    def api_add_collection_item(self, req, slug: str) -> Any:
+        payload = req.json()
+        item = payload.get("item") or {}
+        item_id, item_type = item.get("id"), item.get("type")
+        note = payload.get("note")
+        if note is not None and len(note) > 500:
+            raise HubError(400, "Too big: expected string to have <500 characters at note")
+        with self._lock:
+            collection = self._collection_for_write(req, slug)
+            if item_type not in ("model", "dataset"):
+                raise HubError(400, f"FakeHub collections hold model and dataset repos, not {item_type!r}")
+            if self._find(("datasets/" if item_type == "dataset" else "") + str(item_id)) is None:
+                raise HubError(404, f"{item_type} {item_id} not found", code="RepoNotFound")
+            if any(i["id"] == item_id and i["type"] == item_type for i in collection["items"]):
+                raise HubError(409, f"{item_id} is already in the collection")
+            collection["items"].append({"_id": self._new_oid("item", slug, item_id)[:24], "id": item_id,
+                                        "type": item_type, "position": len(collection["items"]),
+                                        **({"note": {"text": note, "html": note}} if note is not None else {})})
+            self._renumber(collection)
+            self._save()
+            return json.loads(json.dumps(collection))
+
+    def _item(self, collection: dict, object_id: str) -> dict:
+        item = next((i for i in collection["items"] if i["_id"] == object_id), None)
+        if item is None:
+            raise HubError(404, f"Item {object_id} not found in the collection")
+        return item
+
+    def api_update_collection_item(self, req, slug: str, object_id: str) -> Any:
+        payload = req.json()
+        with self._lock:
+            collection = self._collection_for_write(req, slug)
+            item = self._item(collection, object_id)
+            if "note" in payload:
+                note = payload["note"]
+                if len(note) > 500:
+                    raise HubError(400, "Too big: expected string to have <500 characters at note")
+                item["note"] = {"text": note, "html": note}
+            if "position" in payload:
+                collection["items"].remove(item)
+                collection["items"].insert(max(0, int(payload["position"])), item)
+            self._renumber(collection)
+            self._save()
+        return {"success": True}
+
+    def api_delete_collection_item(self, req, slug: str, object_id: str) -> Any:
+        with self._lock:
+            collection = self._collection_for_write(req, slug)
+            collection["items"].remove(self._item(collection, object_id))
+            self._renumber(collection)
+            self._save()
+        return {"success": True}
 
     def api_validate_yaml(self, req) -> Any:
         content = req.json().get("content") or ""
@@ -910,6 +1028,7 @@ class FakeHub:
 
 # ------------------------------------------------------------------ routing
 
+_COLLECTION = re.compile(r"^/api/collections/([^/]+)/([^/]+)(/items(?:/([^/]+))?)?$")
 _API_REPO = re.compile(r"^/api/(models|datasets|spaces)/([^/]+)/([^/]+)(/.*)?$")
 _RESOLVE = re.compile(r"^/([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$")
 _LFS_BATCH = re.compile(r"^/([^/]+)/([^/]+)\.git/info/lfs/objects/batch$")
@@ -931,6 +1050,20 @@ def _route(method: str, path: str) -> tuple[str | None, Any]:
         return None, lambda hub, req: hub.api_delete_repo(req)
     if path == "/api/validate-yaml" and method == "POST":
         return None, lambda hub, req: hub.api_validate_yaml(req)
+    if path == "/api/collections" and method == "POST":
+        return "collection", lambda hub, req: hub.api_create_collection(req)
+    m = _COLLECTION.match(path)
+    if m:
+        slug, object_id = f"{unquote(m.group(1))}/{unquote(m.group(2))}", m.group(4)
+        if m.group(3) is None and method == "GET":
+            return None, lambda hub, req: hub.api_get_collection(req, slug)
+        if m.group(3) == "/items" and method == "POST":
+            return "collection", lambda hub, req: hub.api_add_collection_item(req, slug)
+        if object_id and method == "PATCH":
+            return "collection", lambda hub, req: hub.api_update_collection_item(req, slug, unquote(object_id))
+        if object_id and method == "DELETE":
+            return "collection", lambda hub, req: hub.api_delete_collection_item(req, slug, unquote(object_id))
+        raise HubError(404, f"FakeHub has no route for {method} {path}")
     m = re.match(r"^/lfs-upload/([0-9a-f]{64})$", path)
     if m and method == "PUT":
         return "lfs_upload", lambda hub, req: hub.lfs_upload(req, m.group(1))
@@ -1182,7 +1315,7 @@ def _make_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 return
             self._send(status, body, headers)
 
-        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = _handle
+        do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
     return Handler
 

@@ -28,6 +28,7 @@ METHODS = {
     "billm": f"method: billm\nweights: {{bits: 1}}\n{CAL}",
     "slim-llm": f"method: slim-llm\nweights: {{bits: 2}}\n{CAL}",
     "quip": f"method: quip\nweights: {{bits: 2}}\n{CAL}",
+    "spinquant-gptq": f"method: spinquant-gptq\nweights: {{bits: 2}}\n{CAL}",
     "autoround": f"method: autoround\nweights: {{bits: 4, group_size: 32}}\nautoround: {{iters: 2}}\n{CAL}",
     "gguf": "method: gguf\nweights: {bits: 8}\ngguf: {type: Q8_0}",
     "qlora": f"method: qlora\nweights: {{bits: 4}}\n{FINETUNE}",

@@ -433,3 +433,43 @@ def test_state_survives_a_restart(tmp_path, monkeypatch):
     with FakeHub(tmp_path / "hub", port=port) as again:
         assert again.repo_files("tester/tiny")["hello.txt"] == b"hello"
         assert HfApi(endpoint=again.url).model_info("tester/tiny").sha == again.commits("tester/tiny")[-1]["oid"]
+
+
+def test_collections_as_huggingface_hub_calls_them(hub, api):
+    """create (409 with the slug, which exists_ok reads), get, add (409 when present, 404 for no such repo),
+    update (note, position), delete; writes need write access to the collection's namespace."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for name in ("a", "b", "c"):
+        api.create_repo(f"tester/{name}")
+    collection = api.create_collection("Tiny low-bit (factory)", namespace="tester", description="the builds")
+    assert collection.slug.startswith("tester/tiny-low-bit-factory-") and collection.items == []
+    with pytest.raises(HfHubHTTPError) as raised:
+        api.create_collection("Tiny low-bit (factory)", namespace="tester")
+    assert raised.value.response.status_code == 409
+    assert api.create_collection("Tiny low-bit (factory)", namespace="tester", exists_ok=True).slug == collection.slug
+    for name in ("a", "b", "c"):
+        api.add_collection_item(collection.slug, f"tester/{name}", "model", note=f"note {name}")
+    with pytest.raises(HfHubHTTPError) as raised:
+        api.add_collection_item(collection.slug, "tester/a", "model")
+    assert raised.value.response.status_code == 409
+    api.add_collection_item(collection.slug, "tester/a", "model", exists_ok=True)
+    with pytest.raises(HfHubHTTPError) as raised:
+        api.add_collection_item(collection.slug, "tester/nothing", "model")
+    assert raised.value.response.status_code == 404
+    items = api.get_collection(collection.slug).items
+    assert [(i.item_id, i.position, i.note) for i in items] == [("tester/a", 0, "note a"), ("tester/b", 1, "note b"),
+                                                              ("tester/c", 2, "note c")]
+    api.update_collection_item(collection.slug, items[2].item_object_id, note="new", position=0)
+    api.delete_collection_item(collection.slug, items[1].item_object_id)
+    items = api.get_collection(collection.slug).items
+    assert [(i.item_id, i.position, i.note) for i in items] == [("tester/c", 0, "new"), ("tester/a", 1, "note a")]
+    api.delete_collection_item(collection.slug, items[0].item_object_id)
+    api.delete_collection_item(collection.slug, "0" * 24, missing_ok=True)
+    with pytest.raises(HfHubHTTPError) as raised:
+        api.get_collection("tester/no-such-collection-" + "0" * 24)
+    assert raised.value.response.status_code == 404
+    hub.deny_writes("tester", "tester")
+    with pytest.raises(HfHubHTTPError) as raised:
+        api.add_collection_item(collection.slug, "tester/b", "model")
+    assert raised.value.response.status_code == 403

@@ -1,6 +1,7 @@
-"""QuIP-style (Hadamard rotations folded offline + GPTQ) and AutoRound through llm-compressor, on tiny Llama.
+"""spinquant-gptq (Hadamard rotations folded offline + GPTQ; not QuIP, see test_quip.py) and AutoRound
+through llm-compressor, on tiny Llama.
 
-The QuIP test proves what the method chooses: the rotations are folded into the weights, so plain
+The spinquant-gptq test proves what the method chooses: the rotations are folded into the weights, so plain
 transformers reloads a model whose logits equal the in-memory model's before saving (llm-compressor's
 QuIPModifier keeps online rotation weights that transformers 5.17 drops, and its logits come back wrong).
 """
@@ -35,7 +36,7 @@ def _build(tmp_path, tiny_llama, name, body):
     return Build(recipe, recipe.models[0], tmp_path)
 
 
-def test_quip_rotations_survive_a_plain_reload(tmp_path, tiny_llama, monkeypatch):
+def test_spinquant_gptq_rotations_survive_a_plain_reload(tmp_path, tiny_llama, monkeypatch):
     import llmcompressor
 
     before = {}
@@ -49,7 +50,7 @@ def test_quip_rotations_survive_a_plain_reload(tmp_path, tiny_llama, monkeypatch
         return result
 
     monkeypatch.setattr(llmcompressor, "oneshot", oneshot)
-    build = _build(tmp_path, tiny_llama, "quip-2bit", f"method: quip\nweights: {{bits: 2}}\n{CAL}")
+    build = _build(tmp_path, tiny_llama, "spinquant-gptq-2bit", f"method: spinquant-gptq\nweights: {{bits: 2}}\n{CAL}")
     result = quantize(build)
     monkeypatch.undo()
     config = json.loads((result.output / "config.json").read_text())
@@ -79,7 +80,7 @@ def test_autoround_builds_compressed_tensors(tmp_path, tiny_llama):
 
 
 @pytest.mark.parametrize("body, line", [
-    ("method: quip\nweights: {bits: 8}", ":3: weights.bits: quip supports 2, 3, 4 bits, not 8"),
+    ("method: spinquant-gptq\nweights: {bits: 8}", ":3: weights.bits: spinquant-gptq supports 2, 3, 4 bits, not 8"),
     ("method: autoround\nweights: {bits: 1}", ":3: weights.bits: autoround supports 2, 3, 4 bits, not 1"),
 ])
 def test_bad_bits_are_one_line(tmp_path, body, line):
@@ -90,7 +91,7 @@ def test_bad_bits_are_one_line(tmp_path, body, line):
     assert done.returncode == 2 and done.stderr.strip() == f"{recipe}{line}"
 
 
-@pytest.mark.parametrize("method", ["quip", "autoround"])
+@pytest.mark.parametrize("method", ["spinquant-gptq", "autoround"])
 def test_llava_next_is_refused_in_one_line(tmp_path, method):
     """Both fail inside llm-compressor 0.14 on LLaVA-Next (head_dim read from the top-level config)."""
     from conftest import run_factory

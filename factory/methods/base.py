@@ -50,6 +50,8 @@ class QuantMethod:
     fixed_group_size: ClassVar[tuple[int | str, str] | None] = None
     default_symmetric: ClassVar[bool | None] = True  # None: the format has no such choice
     activations: ClassVar[Literal["none", "optional", "required"]] = "none"
+    # activation bit widths (dynamic per token) the method builds, weights at the same width
+    activation_bits: ClassVar[tuple[int, ...]] = (8,)
     runtimes: ClassVar[tuple[Runtime, ...]] = ("transformers",)
     # model kinds the method can build, and why a kind is refused
     supported_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "llava-next")
@@ -91,8 +93,13 @@ class QuantMethod:
             out.append((("method",), f"{self.name} quantizes activations: add `activations: {{bits: 8}}`"))
         elif self.activations == "none" and recipe.activations is not None:
             out.append((("activations",), f"{self.name} is weight-only; remove the activations block"))
-        elif recipe.activations is not None and w.bits != 8:
-            out.append((("activations",), f"8-bit activations need 8-bit weights (W8A8), not W{w.bits}A8"))
+        elif recipe.activations is not None:
+            a = recipe.activations.bits
+            if a not in self.activation_bits:
+                shown = ", ".join(str(b) for b in self.activation_bits)
+                out.append((("activations", "bits"), f"{self.name} quantizes activations to {shown} bits, not {a}"))
+            elif w.bits != a:
+                out.append((("activations",), f"{a}-bit activations need {a}-bit weights (W{a}A{a}), not W{w.bits}A{a}"))
         return out
 
     def uses_calibration(self, options: BaseModel | None) -> bool:
@@ -114,6 +121,19 @@ class QuantMethod:
     def paper_bits_label(self, settings: "Settings") -> str:
         """The bit width as the paper's tables write it ("4", "1.7"), to find this setting's row."""
         return str(settings.bits)
+
+    def effective_bits(self, settings: "Settings", record) -> tuple[float | None, str]:
+        """Storage bits per quantized weight, scales and kept weights included, and where the figure comes
+        from: "counted" when the build's manifest counted it (factory.lowbit methods record `effective_bits`),
+        else "nominal": the bits plus one 16-bit scale per group (and a `bits`-wide zero point when asymmetric).
+        A method whose format stores more (or less) per group overrides this."""
+        counted = record.get("effective_bits") if record is not None else None
+        if counted is not None:
+            return float(counted), "counted"
+        if not isinstance(settings.group_size, int):  # one scale per row: a few bits per thousands of weights
+            return float(settings.bits), "nominal"
+        overhead = 16 + (settings.bits if settings.symmetric is False else 0)
+        return settings.bits + overhead / settings.group_size, "nominal"
 
     def checks_group_divisibility(self) -> bool:
         """Whether a recipe's integer group size must divide the model's layer widths."""

@@ -205,6 +205,15 @@ class GGUF(QuantMethod):
                 "peak_gpu_mb": peak_gpu_mb(), "device": device, "compute_dtype": dtype,
                 "gguf_file": target.name, "gguf_type": gguf_type, **facts}
 
+    def effective_bits(self, settings: "Settings", record) -> tuple[float | None, str]:
+        """A K-quant file mixes tensor types (Q4_K_M keeps some tensors at Q6_K), so the bits of the type name
+        understate it: the file's bytes against the base checkpoint's at 16 bits per weight say what it holds."""
+        size = record.get("size_bytes") if record is not None else None
+        base = record.get("base_size_bytes") if record is not None else None
+        if size and base:
+            return 16 * size / base, "file size"
+        return super().effective_bits(settings, record)
+
     def card_facts(self, settings: "Settings") -> CardFacts:
         gguf_type = self.gguf_type(settings)
         serve = (

@@ -1,12 +1,7 @@
-"""QuIP-style (Hadamard incoherence + GPTQ), through llm-compressor.
-
-QuIP (Chee et al. 2023) makes weights and Hessians incoherent with random orthogonal rotations,
-then rounds with LDLQ, which is GPTQ. llm-compressor's QuIPModifier keeps its rotations as online
-weights (`v_input`, `u_output`) that transformers 5.17 drops on load, so a reloaded model computes
-wrong logits. SpinQuantModifier's R1/R2 rotations are folded into the weights offline (norms
-folded first), so the checkpoint is a plain compressed-tensors model that any loader reads: random
-Hadamard R1 (residual stream) and R2 (attention values/outputs), then GPTQ per channel as the
-paper ran QuIP. No E8 lattice codebook (that is QuIP#), hence "QuIP-style".
+"""QuIP (Chee et al. 2023): diagonal rescale, seeded two-sided incoherence rotations, one
+per-matrix grid of 2^b levels with no zero, LDLQ (= GPTQ) rounding, then un-rotation. Simulated
+output (factory/lowbit/quip.py): the un-rotated dequantized weights at full size, as the paper
+evaluates QuIP. The packed rotation+GPTQ build that transformers and vLLM load is `spinquant-gptq`.
 """
 
 from __future__ import annotations
@@ -14,40 +9,48 @@ from __future__ import annotations
 from pydantic import Field
 
 from factory.methods.base import PER_CHANNEL
-from factory.methods.llmcompressor_base import LLMCompressorMethod
-from factory.recipe import Strict
+from factory.methods.simulated_base import SimulatedMethod
+from factory.recipe import MAX_SEED, Strict
 
 
 class QuIPOptions(Strict):
-    dampening_frac: float = Field(0.01, gt=0, lt=1, description="Hessian dampening of the GPTQ (LDLQ) step.")
-    transform_type: str = Field("random-hadamard", pattern="^(hadamard|random-hadamard)$",
-                                description="Rotation: random-hadamard (QuIP's randomized incoherence) or hadamard.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the per-linear seeds that draw U and V "
+                      "(each linear's own seed is recorded in the manifest).")
+    dampening_frac: float = Field(0.01, gt=0, lt=1, description="Dampening of the LDLQ (GPTQ) step, on the "
+                                  "normalized Hessian.")
 
 
-class QuIP(LLMCompressorMethod):
+class QuIP(SimulatedMethod):
     name = "quip"
     paper_name = "QuIP"
-    summary = "QuIP-style: Hadamard incoherence rotations folded into the weights, then GPTQ (LDLQ) per channel"
-    needs_calibration = True
+    summary = ("incoherence processing (diagonal rescale, two-sided random orthogonal rotations) + LDLQ on "
+               "a per-matrix grid (simulated)")
     supported_bits = (2, 3, 4)
-    default_group_size = PER_CHANNEL  # per-channel, as the paper ran QuIP
-    supported_kinds = ("causal-lm",)
-    # measured with llm-compressor 0.14.0.1 on a tiny LLaVA-Next: "Cannot determine head_dim from config"
-    unsupported_kind_reason = ("llm-compressor 0.14 reads head_dim from the top-level config, which "
-                               "LLaVA-Next keeps in text_config")
+    default_group_size = PER_CHANNEL
+    fixed_group_size = (PER_CHANNEL, "quip has no groups: one scale per weight matrix (2.4 x RMS after the "
+                                     "rotations); remove group_size or write per-channel")
     Options = QuIPOptions
+    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.quip",)
 
-    def modifiers(self, settings, quant):
-        from llmcompressor.modifiers.quantization import GPTQModifier
-        from llmcompressor.modifiers.transform.spinquant import SpinQuantModifier
+    def scheme_label(self, settings) -> str:
+        return f"W{settings.bits}A16-simulated"
+
+    def weight_quantizer(self, settings):
+        from factory.lowbit.quip import SeededQuantizer
 
         o = self.options(settings)
-        return [SpinQuantModifier(rotations=["R1", "R2"], transform_type=o.transform_type),
-                GPTQModifier(**quant, dampening_frac=o.dampening_frac)]
+        return SeededQuantizer(o.seed, bits=settings.bits, dampening_frac=o.dampening_frac, block_size=128)
+
+    def manifest_figures(self, linears) -> dict:
+        return {"incoherence_seeds": {linear.name: linear.stats["seed"] for linear in linears},
+                "incoherence_transforms": sorted({f"{linear.stats['u_transform']}/{linear.stats['v_transform']}"
+                                                 for linear in linears})}
 
     def card_facts(self, settings):
-        facts = super().card_facts(settings)
         from dataclasses import replace
 
-        return replace(facts, engine="llm-compressor `oneshot`: QuIP-style (Hadamard incoherence + GPTQ), "
-                                     "SpinQuant R1/R2 rotations folded into the weights", tags=(*facts.tags, "quip"))
+        facts = super().card_facts(settings)
+        return replace(facts, tags=(*facts.tags, "quip"),
+                       load_note=facts.load_note + " The incoherence rotations are undone before saving: the "
+                       "weights are those of the base's basis, each on its own rotated 2^b-level grid "
+                       "(per-linear seeds in the manifest).")

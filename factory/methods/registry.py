@@ -24,6 +24,7 @@ BUILTIN: dict[str, str] = {
     "slim-llm": "factory.methods.slim_llm:SliMLLM",
     "db-llm": "factory.methods.db_llm:DBLLM",
     "quip": "factory.methods.quip:QuIP",
+    "spinquant-gptq": "factory.methods.spinquant_gptq:SpinQuantGPTQ",
     "autoround": "factory.methods.autoround:AutoRound",
     "gguf": "factory.methods.gguf:GGUF",
     "qlora": "factory.methods.qlora:QLoRA",

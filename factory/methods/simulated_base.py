@@ -37,6 +37,10 @@ class SimulatedMethod(QuantMethod):
         """(weight, hessian) -> factory.lowbit QuantResult, with the recipe's options bound."""
         raise NotImplementedError
 
+    def manifest_figures(self, linears) -> dict:
+        """Method-specific figures for the manifest from the per-linear reports (factory.lowbit.LinearReport)."""
+        return {}
+
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         import torch
 
@@ -61,7 +65,7 @@ class SimulatedMethod(QuantMethod):
         return {"engine": "factory.lowbit", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
                 "device": device, "compute_dtype": dtype, "quantized_linears": len(linears),
                 "effective_bits": round(weighted_bits(linears, "effective_bits"), 4),
-                "paper_bits": round(weighted_bits(linears, "paper_bits"), 4)}
+                "paper_bits": round(weighted_bits(linears, "paper_bits"), 4), **self.manifest_figures(linears)}
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         return CardFacts(
