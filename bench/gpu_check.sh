@@ -9,6 +9,9 @@
 #      (16 x 2048 calibration tokens here, to fit the budget; the README's 227 s is 128 x 2048);
 #   4. (only when named) lowbit-8b-layers: bench/gpu_layers.py at the LLaMA-3-8B layer shape, one
 #      layer, GPTQ 2-bit beside BiLLM and AutoRound (200 iterations): their cost against GPTQ's.
+#   5. (only when named) dbllm-8b-layers: bench/gpu_layers.py at the LLaMA-3-8B layer shape, 1 and 2
+#      layers, DB-LLM 2-bit: 16 generated sequences of 2048 tokens and 20 distillation steps, timed apart
+#      (generation, seconds per step) and peak GPU memory, to scale to its recipe (4096 x 1024, 2000 steps).
 #
 # Parts 1-3 run by default; name parts to run only those: `bash bench/gpu_check.sh lowbit-8b-layers`.
 #
@@ -68,6 +71,8 @@ part gptq-8b-shape 160 "$PY" bench/gpu_gptq_shapes.py --samples 16 --seq-len 204
   --json "$out/gptq-8b-shape.json"
 part lowbit-8b-layers 420 "$PY" bench/gpu_layers.py --shape 8b --depths 1 --samples 16 --seq-len 2048 \
   --methods gptq-2bit,billm-1.1bit,autoround-2bit --json "$out/lowbit-8b-layers.json"
+part dbllm-8b-layers 300 "$PY" bench/gpu_layers.py --shape 8b --depths 1,2 --samples 16 --seq-len 2048 \
+  --methods db-llm-2bit --db-llm-steps 20 --json "$out/dbllm-8b-layers.json"
 
 echo "== summary ($out)"
 cat "$summary"

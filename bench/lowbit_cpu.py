@@ -16,7 +16,8 @@ Prints a table (perplexity, effective and paper bits, wall time and peak RSS, ea
 GPTQ 2-bit), writes JSON with --json, and exits 1 when a build fails or an ordering the paper
 reports does not hold here (checked where its builds ran): PB-LLM 2-bit and BiLLM below GPTQ 2-bit;
 QuIP 2-bit below GPTQ 2-bit (the goal: at least 3x lower) and QuIP 3-bit below QuIP 2-bit;
-base <= SmoothQuant W8A8 < W6A6 < W4A4, and SmoothQuant W6A6 below plain RTN W6A6.
+base <= SmoothQuant W8A8 < W6A6 < W4A4, and SmoothQuant W6A6 below plain RTN W6A6; DB-LLM 2-bit below
+GPTQ 2-bit. DB-LLM 2-bit below PB-LLM 2-bit and BiLLM (the paper's order) is printed as a goal only.
 
     .venv/bin/python bench/lowbit_cpu.py [--json bench/results/lowbit_cpu.json] [--only billm,gptq-2bit]
 
@@ -55,6 +56,11 @@ BUILDS = {
     "smoothquant-w6a6": "method: smoothquant\nweights: {bits: 6}\nactivations: {bits: 6}",
     "smoothquant-w4a4": "method: smoothquant\nweights: {bits: 4}\nactivations: {bits: 4}",
     "rtn-w4a16": "method: rtn\nweights: {bits: 4, group_size: per-channel}",
+    # DB-LLM trains end to end against the full-precision model on text the model generates (the paper's
+    # setting), at about the demo recipe's budget (recipes/demo-smollm2-db-llm-2bit.yaml), groups of 64 like GPTQ's
+    "db-llm-2bit": "method: db-llm\nweights: {bits: 2, group_size: 64}\n"
+                   "db-llm: {steps: 40, samples: 32, seq_len: 128, batch_size: 4, learning_rate_weights: 1.0e-4, "
+                   "learning_rate_scales: 1.0e-4}",
 }
 # name -> activation (= weight) bits: llm-compressor's QuantizationModifier alone, no smoothing (RTN per
 # channel, dynamic per-token activations, the scheme SmoothQuant's builds use), saved compressed
@@ -99,7 +105,7 @@ def orderings(base: float, ppl: dict[str, float]) -> dict[str, bool]:
             ratio = ppl[high] / ppl[low]
             checks[claim or f"{low} below {high} ({ratio:.2f}x lower)"] = factor * ppl[low] < ppl[high]
 
-    for name in ("pb-llm-2bit", "billm-1.1bit"):
+    for name in ("pb-llm-2bit", "billm-1.1bit", "db-llm-2bit"):
         below(name, "gptq-2bit")
     below("quip-2bit", "gptq-2bit")
     if "quip-2bit" in ppl and "gptq-2bit" in ppl:
@@ -112,6 +118,13 @@ def orderings(base: float, ppl: dict[str, float]) -> dict[str, bool]:
     below("smoothquant-w6a6", "smoothquant-w4a4")
     below("smoothquant-w6a6", "plain-rtn-w6a6")
     return checks
+
+
+def goals(ppl: dict[str, float]) -> dict[str, bool]:
+    """The paper's orderings printed as goals, not failing the run: DB-LLM 2-bit below PB-LLM 2-bit and
+    BiLLM (13.6 against 24.7 and 28.3 on LLaMA3-8B), which a few CPU steps of training need not reach."""
+    return {f"goal: db-llm-2bit below {name} ({ppl['db-llm-2bit']:.1f} vs {ppl[name]:.1f})": ppl["db-llm-2bit"] < ppl[name]
+            for name in ("pb-llm-2bit", "billm-1.1bit") if "db-llm-2bit" in ppl and name in ppl}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     checks = orderings(figures["base_perplexity"], {name: f["perplexity"] for name, f in b.items()})
     figures["orderings"] = checks
+    figures["goals"] = goals({name: f["perplexity"] for name, f in b.items()})
     for claim, holds in checks.items():
         print(f"{'PASS' if holds else 'MISS'}: {claim} (the paper's ordering on LLaMA3-8B)")
+    for claim, holds in figures["goals"].items():
+        print(f"{'PASS' if holds else 'MISS (not a failure)'}: {claim} (the paper's ordering on LLaMA3-8B)")
     print(f"1-min load average start/end: {figures['load_start']:.2f} / {figures['load_end']:.2f}")
     write_figures(args.json, figures)
     return 0 if all(checks.values()) else 1

@@ -22,6 +22,7 @@ BUILTIN: dict[str, str] = {
     "pb-llm": "factory.methods.pb_llm:PBLLM",
     "billm": "factory.methods.billm:BiLLM",
     "slim-llm": "factory.methods.slim_llm:SliMLLM",
+    "db-llm": "factory.methods.db_llm:DBLLM",
     "quip": "factory.methods.quip:QuIP",
     "spinquant-gptq": "factory.methods.spinquant_gptq:SpinQuantGPTQ",
     "autoround": "factory.methods.autoround:AutoRound",

@@ -16,6 +16,12 @@ from factory.methods.base import CardFacts, QuantMethod
 if TYPE_CHECKING:
     from factory.recipe import Settings
 
+def skip_patterns(settings: "Settings") -> list[str]:
+    """The recipe's `ignore` entries as regular expressions over full module names ("lm_head" lies
+    outside the decoder layers and is never a target anyway)."""
+    return [p.removeprefix("re:") if p.startswith("re:") else rf"(^|\.){p}$" for p in settings.ignore]
+
+
 class SimulatedMethod(QuantMethod):
     output_format = "simulated"
     needs_calibration = True
@@ -51,9 +57,7 @@ class SimulatedMethod(QuantMethod):
         model = model_class(settings.kind).from_pretrained(
             base_dir, dtype=torch.float32 if dtype == "float32" else checkpoint_dtype(base_dir)).to(device)
         batches = [torch.tensor([w]) for w in windows]
-        # `ignore` patterns as regular expressions over module names ("lm_head" lies outside the layers)
-        skip = [p.removeprefix("re:") if p.startswith("re:") else rf"(^|\.){p}$" for p in settings.ignore]
-        reports = quantize_model_layers(model, batches, self.weight_quantizer(settings), skip=skip)
+        reports = quantize_model_layers(model, batches, self.weight_quantizer(settings), skip=skip_patterns(settings))
         linears = [linear for report in reports for linear in report.linears]
         model.to(checkpoint_dtype(base_dir))
         model.save_pretrained(out_dir)
