@@ -102,6 +102,23 @@ def local_text_config(entry: ModelEntry, base_dir: Path) -> dict[str, int] | Non
     return sizes or None
 
 
+def local_linear_shapes(entry: ModelEntry, base_dir: Path) -> tuple[dict[str, int], dict[str, int]] | None:
+    """(input widths, output widths) of the language model's linear layers, by config name, if the config
+    is on disk: what a format with fixed 2-D blocks (FP8 128x128) must divide on both sides."""
+    config = _read_local_config(entry, base_dir)
+    if config is None:
+        return None
+    text = config.get("text_config") or config
+    hidden, inter, heads = text.get("hidden_size"), text.get("intermediate_size"), text.get("num_attention_heads")
+    if not all(isinstance(v, int) and v > 0 for v in (hidden, inter, heads)):
+        return None
+    head_dim = text.get("head_dim") if isinstance(text.get("head_dim"), int) else hidden // heads
+    kv_heads = text.get("num_key_value_heads") if isinstance(text.get("num_key_value_heads"), int) else heads
+    inputs = {"hidden_size": hidden, "intermediate_size": inter, "attention width": head_dim * heads}
+    outputs = {**inputs, "key/value width": head_dim * kv_heads}
+    return inputs, outputs
+
+
 def _read_local_config(entry: ModelEntry, base_dir: Path) -> dict | None:
     if entry.source == "local":
         path = base_dir / (entry.path or "") / "config.json"

@@ -23,6 +23,7 @@ class LLMCompressorMethod(QuantMethod):
     output_format = "compressed-tensors"
     libraries = ("llmcompressor", "compressed-tensors")
     runtimes = ("transformers", "vllm")
+    serving = "vLLM, 4- and 8-bit integer builds (Marlin and int8 kernels, compute capability >= 8.0)"
     # vLLM's compressed-tensors kernels the card points to (4- and 8-bit weights)
     vllm_bits = (4, 8)
     load_dtype: str | None = None  # a dtype the method needs (else compute_dtype(): the checkpoint's, or float32 on CPU)
