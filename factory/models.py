@@ -260,7 +260,9 @@ def _smollm2_gguf_config() -> dict | None:
             f = reader.fields[name]
             return int(f.parts[f.data[0]][0])
         return {"hidden_size": field("llama.embedding_length"),
-                "intermediate_size": field("llama.feed_forward_length")}
+                "intermediate_size": field("llama.feed_forward_length"),
+                "num_attention_heads": field("llama.attention.head_count"),
+                "num_key_value_heads": field("llama.attention.head_count_kv")}
     except Exception:  # a config check is best effort; the quantize stage reports real errors
         return None
 
