@@ -130,6 +130,10 @@ def test_fp8_kv_cache_scales_are_written(tmp_path, tiny_llama):
      "fp8-block's 128x128 blocks do not divide the model's hidden_size (64)"),
     ("w4afp8", "weights: {bits: 4}", "method", "w4afp8's groups of 128 weights do not divide the model's hidden_size (64)"),
     ("nvfp4a16", "weights: {bits: 4}\nnvfp4a16: {kv_cache: fp8}", "nvfp4a16.kv_cache", "unknown field"),
+    ("fp8", "weights: {bits: 8}\nfp8: {model_free: true}\n" + CALIBRATION, "fp8.model_free",
+     "a model-free build needs a data-free scheme, and fp8 is not one here: it calibrates its activation scales on data"),
+    ("fp8-dynamic", "weights: {bits: 8}\nfp8-dynamic: {model_free: true, kv_cache: fp8}\n" + CALIBRATION,
+     "fp8-dynamic.model_free", "the FP8 KV cache's scales are calibrated on data"),
     ("gptq", "weights: {bits: 4, group_size: per-tensor}\n" + CALIBRATION, "weights.group_size",
      "per-tensor scales are not a choice of gptq"),
 ])
@@ -137,7 +141,7 @@ def test_bad_format_settings_are_one_line(tmp_path, tiny_llama, capsys, method, 
     path = local_model_recipe(tmp_path, "bad", f"method: {method}\n{body}\n", tiny_llama)
     assert main(["validate", str(path)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"{path}:") and f": {field}: {message}" in line, line
+    assert line.startswith(f"{path}:") and f": {field}: " in line and message in line, line
 
 
 def test_demo_blocks_refused_on_smollm2_shapes(tmp_path):
@@ -163,3 +167,34 @@ def test_methods_list_the_serving_hardware(capsys):
     assert "8.9" in rows["fp8-dynamic"]["serving"] and "10.0" in rows["nvfp4"]["serving"]
     assert rows["fp8"]["needs_calibration"] and rows["nvfp4"]["needs_calibration"]
     assert not rows["fp8-dynamic"]["needs_calibration"] and not rows["mxfp4"]["needs_calibration"]
+
+
+def test_model_free_builds_match_oneshot(tmp_path, tiny_llama):
+    """RTN and FP8 dynamic through model_free_ptq: same scheme and ignore list as oneshot, the embedding left alone,
+    and the reloaded model's logits as oneshot's (the rounding is the same; only float32 vs bf16 arithmetic differs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from factory.build import Build
+    from factory.quantize import quantize
+
+    for method, bits, extra in (("rtn", 4, "weights: {bits: 4, group_size: 32}\n"), ("fp8-dynamic", 8, "weights: {bits: 8}\n")):
+        outs = {}
+        for free in (True, False):
+            name = f"{method}-{'free' if free else 'oneshot'}"
+            body = f"method: {method}\n{extra}{method}: {{model_free: {str(free).lower()}}}\n"
+            recipe = load_recipe(local_model_recipe(tmp_path, name, body, tiny_llama))
+            result = quantize(Build(recipe, recipe.models[0], tmp_path))
+            assert result.record.get("model_free", False) is free and result.record.format == "compressed-tensors"
+            config = json.loads((result.output / "config.json").read_text())["quantization_config"]
+            outs[free] = (result.output, config)
+        (free_dir, free_cfg), (shot_dir, shot_cfg) = outs[True], outs[False]
+        (fw,), (sw,) = [[g["weights"] for g in c["config_groups"].values()] for c in (free_cfg, shot_cfg)]
+        keys = ("num_bits", "type", "strategy", "group_size", "symmetric")
+        assert {k: fw[k] for k in keys} == {k: sw[k] for k in keys}
+        assert free_cfg["format"] == shot_cfg["format"] and "lm_head" in free_cfg["ignore"]
+        ids = torch.arange(1, 33).unsqueeze(0)
+        logits = [AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)(input_ids=ids).logits for d in (free_dir, shot_dir)]
+        assert torch.isfinite(logits[0]).all()
+        close = torch.isclose(logits[0], logits[1], rtol=0.05, atol=0.05).float().mean()
+        assert close > 0.95, (method, float(close))

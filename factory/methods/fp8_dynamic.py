@@ -18,3 +18,4 @@ class FP8Dynamic(PresetFormat):
     activations_format = "FP8 E4M3, dynamic per-token scales"
     serving = FP8_SERVING
     Options = FP8Options
+    model_free_default = True  # data-free: no reason to load the model

@@ -28,6 +28,10 @@ class PresetOptions(Strict):
 
 
 class FP8Options(PresetOptions):
+    model_free: bool | None = Field(
+        None, description="Build through llm-compressor's model_free_ptq: safetensors shard by shard without loading "
+        "the model (a 70B data-free build in about one shard of memory). Only for data-free schemes. Default: on for "
+        "fp8-dynamic without kv_cache, off otherwise.")
     kv_cache: Literal["fp8"] | None = Field(
         None, description="fp8: also quantize the KV cache to FP8 E4M3 with per-tensor scales calibrated on the "
         "calibration set (llm-compressor's kv_cache_scheme); the scales are written to the checkpoint and vLLM "
@@ -52,7 +56,22 @@ class PresetFormat(LLMCompressorMethod):
             others = {8: "fp8-dynamic, fp8 or fp8-block", 4: "nvfp4, nvfp4a16, mxfp4, mxfp4a16 or w4afp8"}.get(bits, "rtn, gptq or awq")
             out = [(loc, f"{self.name} is a {self.supported_bits[0]}-bit format, it has no {bits}-bit form "
                     f"(for {bits} bits: {others})") if loc == ("weights", "bits") else (loc, msg) for loc, msg in out]
+        options = recipe.method_options
+        if getattr(options, "model_free", None):
+            why = ("it calibrates its activation scales on data" if self.needs_calibration else
+                   "the FP8 KV cache's scales are calibrated on data" if getattr(options, "kv_cache", None) else None)
+            if why:
+                out.append(((self.name, "model_free"), f"a model-free build needs a data-free scheme, and {self.name} "
+                            f"is not one here: {why} (model-free: fp8-dynamic, fp8-block, rtn)"))
         return out
+
+    model_free_default: ClassVar[bool] = False  # whether a data-free format builds model-free unless told not to
+
+    def runs_model_free(self, settings: "Settings") -> bool:
+        options = settings.options or {}
+        if options.get("model_free") is not None:
+            return options["model_free"]
+        return self.model_free_default and not options.get("kv_cache")
 
     def uses_calibration(self, options) -> bool:
         return self.needs_calibration or getattr(options, "kv_cache", None) is not None
@@ -97,7 +116,10 @@ class PresetFormat(LLMCompressorMethod):
         return [QuantizationModifier(**quant, kv_cache_scheme=self.kv_cache_scheme(settings))]
 
     def quantize(self, base_dir, settings, out_dir, recipe_dir):
-        figures = super().quantize(base_dir, settings, out_dir, recipe_dir)
+        if self.runs_model_free(settings):
+            figures = self.quantize_model_free(base_dir, settings, out_dir)
+        else:
+            figures = super().quantize(base_dir, settings, out_dir, recipe_dir)
         kv = self.kv_cache_scheme(settings) is not None
         return {**figures, "weights_format": self.weights_format, "activations_format": self.activations_format,
                 "kv_cache_format": "FP8 E4M3, per-tensor scales calibrated (k_scale/v_scale in the checkpoint)"
@@ -109,7 +131,9 @@ class PresetFormat(LLMCompressorMethod):
             kv = (" The KV cache is FP8 too: its per-tensor scales (`k_scale`, `v_scale` of each attention layer) "
                   "are in the checkpoint and vLLM reads them with `--kv-cache-dtype fp8`.")
         return CardFacts(
-            engine=f"llm-compressor `oneshot` (QuantizationModifier, compressed-tensors preset `{self.preset}`)",
+            engine=(f"llm-compressor `model_free_ptq` (shard by shard, no model built; compressed-tensors preset "
+                    f"`{self.preset}`)" if self.runs_model_free(settings) else
+                    f"llm-compressor `oneshot` (QuantizationModifier, compressed-tensors preset `{self.preset}`)"),
             format="compressed-tensors",
             tags=("compressed-tensors", "llm-compressor", self.preset.lower().replace("_", "-")),
             load_note="Loading needs `compressed-tensors` (installed with llm-compressor, or "
