@@ -135,7 +135,7 @@ def test_fp8_kv_cache_scales_are_written(tmp_path, tiny_llama):
     ("fp8-dynamic", "weights: {bits: 8}\nfp8-dynamic: {model_free: true, kv_cache: fp8}\n" + CALIBRATION,
      "fp8-dynamic.model_free", "the FP8 KV cache's scales are calibrated on data"),
     ("gptq", "weights: {bits: 4, group_size: per-tensor}\n" + CALIBRATION, "weights.group_size",
-     "per-tensor scales are not a choice of gptq"),
+     "per-tensor scales are method fp8's, not gptq's: give a positive integer or 'per-channel'"),
 ])
 def test_bad_format_settings_are_one_line(tmp_path, tiny_llama, capsys, method, body, field, message):
     path = local_model_recipe(tmp_path, "bad", f"method: {method}\n{body}\n", tiny_llama)

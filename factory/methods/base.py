@@ -92,7 +92,7 @@ class QuantMethod:
         if self.default_symmetric is None and w.symmetric is not None:
             out.append((("weights", "symmetric"), f"does not apply to {self.name}"))
         if w.group_size == PER_TENSOR and self.default_group_size != PER_TENSOR:
-            out.append((("weights", "group_size"), f"per-tensor scales are not a choice of {self.name}"))
+            out.append((("weights", "group_size"), f"per-tensor scales are method fp8's, not {self.name}'s: give a positive integer or 'per-channel'"))
         if self.activations == "fixed" and recipe.activations is not None:
             out.append((("activations",), f"{self.name} fixes its activations itself; remove the activations block"))
         elif self.activations == "required" and recipe.activations is None:
