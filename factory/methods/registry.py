@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "mxfp4": "factory.methods.mxfp4:MXFP4",
     "mxfp4a16": "factory.methods.mxfp4a16:MXFP4A16",
     "w4afp8": "factory.methods.w4afp8:W4AFP8",
+    "mixed": "factory.methods.mixed:Mixed",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)
