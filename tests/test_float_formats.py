@@ -107,7 +107,7 @@ def test_fp8_kv_cache_scales_are_written(tmp_path, tiny_llama):
 
     recipe = load_recipe(_recipe(tmp_path, "fp8-dynamic", tiny_llama, "fp8-dynamic: {kv_cache: fp8}\n"))
     build = Build(recipe, recipe.models[0], tmp_path)
-    assert build.settings.calibration is not None and build.settings.scheme_label == "FP8-DYNAMIC-KV8"
+    assert build.settings.calibration is not None and build.settings.scheme_label == "W8A8-FP8-dynamic-KV8"
     result = quantize(build)
     config = json.loads((result.output / "config.json").read_text())["quantization_config"]
     assert config["kv_cache_scheme"]["type"] == "float" and config["kv_cache_scheme"]["num_bits"] == 8

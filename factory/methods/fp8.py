@@ -10,6 +10,7 @@ from factory.methods.preset_base import FP8_SERVING, FP8Options, PresetFormat
 class FP8(PresetFormat):
     name = "fp8"
     summary = "FP8 E4M3 weights and activations, static per-tensor scales calibrated on data"
+    scheme = "W8A8-FP8-static"
     preset = "FP8"
     needs_calibration = True
     supported_bits = (8,)

@@ -9,6 +9,7 @@ from factory.methods.preset_base import FP8_SERVING, FP8Options, PresetFormat
 class FP8Block(PresetFormat):
     name = "fp8-block"
     summary = "FP8 E4M3 weights in 128x128 blocks, FP8 activations per 128 at run time; data-free"
+    scheme = "W8A8-FP8-block128"
     preset = "FP8_BLOCK"
     supported_bits = (8,)
     default_group_size = 128
@@ -18,6 +19,3 @@ class FP8Block(PresetFormat):
     activations_format = "FP8 E4M3, dynamic scales per group of 128"
     serving = FP8_SERVING
     Options = FP8Options
-
-    def scheme_label(self, settings):
-        return "FP8-BLOCK128" + ("-KV8" if (settings.options or {}).get("kv_cache") else "")

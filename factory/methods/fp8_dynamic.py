@@ -10,6 +10,7 @@ from factory.methods.preset_base import FP8_SERVING, FP8Options, PresetFormat
 class FP8Dynamic(PresetFormat):
     name = "fp8-dynamic"
     summary = "FP8 E4M3 weights (per channel), FP8 activations scaled per token at run time; data-free"
+    scheme = "W8A8-FP8-dynamic"
     preset = "FP8_DYNAMIC"
     supported_bits = (8,)
     default_group_size = PER_CHANNEL

@@ -9,6 +9,7 @@ from factory.methods.preset_base import FP4_SERVING, PresetFormat
 class MXFP4(PresetFormat):
     name = "mxfp4"
     summary = "MXFP4 W4A4: FP4 weights and activations, groups of 32, power-of-two scales; data-free"
+    scheme = "W4A4-MXFP4"
     preset = "MXFP4"
     supported_bits = (4,)
     default_group_size = 32

@@ -9,6 +9,7 @@ from factory.methods.preset_base import FP4_SERVING, PresetFormat
 class MXFP4A16(PresetFormat):
     name = "mxfp4a16"
     summary = "MXFP4 weights only: FP4, groups of 32, power-of-two scales; data-free"
+    scheme = "W4A16-MXFP4"
     preset = "MXFP4A16"
     supported_bits = (4,)
     default_group_size = 32

@@ -10,6 +10,7 @@ from factory.methods.preset_base import FP4_SERVING, PresetFormat
 class NVFP4(PresetFormat):
     name = "nvfp4"
     summary = "NVFP4 W4A4: FP4 weights and activations, groups of 16, FP8 scales, calibrated global scales"
+    scheme = "W4A4-NVFP4"
     preset = "NVFP4"
     needs_calibration = True
     supported_bits = (4,)

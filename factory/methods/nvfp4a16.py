@@ -9,6 +9,7 @@ from factory.methods.preset_base import FP4_SERVING, PresetFormat
 class NVFP4A16(PresetFormat):
     name = "nvfp4a16"
     summary = "NVFP4 weights only: FP4, groups of 16, FP8 scales; data-free"
+    scheme = "W4A16-NVFP4"
     preset = "NVFP4A16"
     supported_bits = (4,)
     default_group_size = 16

@@ -40,6 +40,7 @@ class FP8Options(PresetOptions):
 
 class PresetFormat(LLMCompressorMethod):
     preset: ClassVar[str]  # compressed-tensors' preset scheme name
+    scheme: ClassVar[str]  # the scheme label (repo names, tags): bits of weights and activations, and the format
     weights_format: ClassVar[str]  # the card's words
     activations_format: ClassVar[str] = "not quantized (16-bit)"
     # weights per scale along a layer's input (16, 32, 128), or a 2-D block (out, in); None: none such
@@ -95,8 +96,7 @@ class PresetFormat(LLMCompressorMethod):
         return None
 
     def scheme_label(self, settings: "Settings") -> str:
-        kv = "-KV8" if (settings.options or {}).get("kv_cache") else ""
-        return self.preset.replace("_", "-") + kv
+        return self.scheme + ("-KV8" if (settings.options or {}).get("kv_cache") else "")
 
     def quantization_scheme(self, settings: "Settings") -> dict:
         from compressed_tensors.quantization import preset_name_to_scheme

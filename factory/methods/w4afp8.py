@@ -9,6 +9,7 @@ from factory.methods.preset_base import PresetFormat
 class W4AFP8(PresetFormat):
     name = "w4afp8"
     summary = "INT4 weights (groups of 128), FP8 activations per token at run time; data-free"
+    scheme = "W4A8-FP8-g128"
     preset = "W4AFP8"
     supported_bits = (4,)
     default_group_size = 128
@@ -18,6 +19,3 @@ class W4AFP8(PresetFormat):
     activations_format = "FP8 E4M3, dynamic per-token scales"
     serving = ("vLLM: INT4-weight x FP8-activation kernels on compute capability 9.0 (Hopper); elsewhere "
                "serve the weights only (INT4 through Marlin, >= 8.0)")
-
-    def scheme_label(self, settings):
-        return "W4AFP8-g128"
