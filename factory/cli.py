@@ -345,12 +345,13 @@ def cmd_methods(args) -> int:
 
 def methods_table(rows: list[dict], markdown: bool = False) -> str:
     """The README's method table (`factory methods --format markdown`) or the terminal's."""
-    head = ("method", "paper", "bits", "output", "runtimes", "calibration", "")
+    head = ("method", "paper", "bits", "output", "runtimes", "calibration", "", "served packed by")
     body = [(r["name"], r["paper_name"] or "-", ", ".join(map(str, r["bits"])), r["output_format"],
-             ", ".join(r["runtimes"]) or "none", "yes" if r["needs_calibration"] else "no", r["summary"])
+             ", ".join(r["runtimes"]) or "none", "yes" if r["needs_calibration"] else "no", r["summary"],
+             r["serving"] or "-")
             for r in rows]
     if markdown:
-        lines = ["| " + " | ".join(head[:-1] + ("what it does",)) + " |", "|" + " --- |" * len(head)]
+        lines = ["| " + " | ".join(head[:-2] + ("what it does", head[-1])) + " |", "|" + " --- |" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
     return _table([head, *body])
 

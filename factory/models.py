@@ -102,6 +102,43 @@ def local_text_config(entry: ModelEntry, base_dir: Path) -> dict[str, int] | Non
     return sizes or None
 
 
+def local_linear_shapes(entry: ModelEntry, base_dir: Path) -> tuple[dict[str, int], dict[str, int]] | None:
+    """(input widths, output widths) of the language model's linear layers, by config name, if the config
+    is on disk: what a format with fixed 2-D blocks (FP8 128x128) must divide on both sides."""
+    config = _read_local_config(entry, base_dir)
+    if config is None:
+        return None
+    text = config.get("text_config") or config
+    hidden, inter, heads = text.get("hidden_size"), text.get("intermediate_size"), text.get("num_attention_heads")
+    if not all(isinstance(v, int) and v > 0 for v in (hidden, inter, heads)):
+        return None
+    head_dim = text.get("head_dim") if isinstance(text.get("head_dim"), int) else hidden // heads
+    kv_heads = text.get("num_key_value_heads") if isinstance(text.get("num_key_value_heads"), int) else heads
+    inputs = {"hidden_size": hidden, "intermediate_size": inter, "attention width": head_dim * heads}
+    outputs = {**inputs, "key/value width": head_dim * kv_heads}
+    return inputs, outputs
+
+
+LLAMA_LINEAR = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def local_linear_layers(entry: ModelEntry, base_dir: Path) -> dict[str, tuple[int, int]] | None:
+    """The language model's linear layers as llm-compressor names them in the loaded model, with their
+    (out, in) shapes, from the config on disk (no download): what a recipe's layer regexes are checked against."""
+    config = _read_local_config(entry, base_dir)
+    shapes = local_linear_shapes(entry, base_dir)
+    text = (config or {}).get("text_config") or config or {}
+    if shapes is None or not isinstance(text.get("num_hidden_layers"), int):
+        return None
+    _, outputs = shapes
+    hidden, inter, attn, kv = (outputs[k] for k in ("hidden_size", "intermediate_size", "attention width", "key/value width"))
+    shape = {"q_proj": (attn, hidden), "k_proj": (kv, hidden), "v_proj": (kv, hidden), "o_proj": (hidden, attn),
+             "gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+    prefix = "model.language_model.layers" if entry.kind == "llava-next" else "model.layers"
+    return {f"{prefix}.{i}.{block}.{name}": shape[name] for i in range(text["num_hidden_layers"])
+            for block, names in LLAMA_LINEAR.items() for name in names}
+
+
 def _read_local_config(entry: ModelEntry, base_dir: Path) -> dict | None:
     if entry.source == "local":
         path = base_dir / (entry.path or "") / "config.json"
@@ -243,7 +280,10 @@ def _smollm2_gguf_config() -> dict | None:
             f = reader.fields[name]
             return int(f.parts[f.data[0]][0])
         return {"hidden_size": field("llama.embedding_length"),
-                "intermediate_size": field("llama.feed_forward_length")}
+                "intermediate_size": field("llama.feed_forward_length"),
+                "num_hidden_layers": field("llama.block_count"),
+                "num_attention_heads": field("llama.attention.head_count"),
+                "num_key_value_heads": field("llama.attention.head_count_kv")}
     except Exception:  # a config check is best effort; the quantize stage reports real errors
         return None
 

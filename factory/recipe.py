@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from factory.errors import RecipeInvalid, UserError
-from factory.methods.base import PER_CHANNEL
+from factory.methods.base import PER_CHANNEL, PER_TENSOR
 from factory.methods.registry import get_method, method_names, registry_version
 from factory.safe_yaml import YamlRejected, load_yaml_document, read_recipe_text
 
@@ -34,7 +34,7 @@ MAX_GROUP_SIZE = 65536
 
 def _group_size(value: Any) -> Any:
     # One clear message instead of pydantic's two (one per member of the union).
-    if value is None or value == PER_CHANNEL or (
+    if value is None or value in (PER_CHANNEL, PER_TENSOR) or (
             isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_GROUP_SIZE):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and value > MAX_GROUP_SIZE:
@@ -42,7 +42,8 @@ def _group_size(value: Any) -> Any:
     raise ValueError("must be a positive integer or 'per-channel'")
 
 
-GroupSize = Annotated[int | Literal["per-channel"], BeforeValidator(_group_size)]
+# "per-tensor" is FP8 static's scale (method fp8), refused for the other methods by their checks.
+GroupSize = Annotated[int | Literal["per-channel", "per-tensor"], BeforeValidator(_group_size)]
 
 
 def _batch_size(value: Any) -> Any:
@@ -582,6 +583,13 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
                     if size % group:
                         out.append((field, f"{group} does not divide {entry.id}'s {name} ({size})"))
                         break
+        if check_model_configs:
+            from factory.models import local_linear_shapes
+
+            shapes = local_linear_shapes(entry, base_dir)
+            problem = method.layer_shape_problem(recipe.effective(entry), *shapes) if shapes else None
+            if problem:
+                out.append((("method",), f"{problem} ({entry.id})"))
         problem = repo_id_problem(recipe, entry, recipe.publish.org or "org")
         if problem:
             out.append((("publish", "repo"), problem))
@@ -599,7 +607,7 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
 def repo_id(recipe: Recipe, entry: ModelEntry, org: str) -> str:
     """The Hub repo id a build is published as: the recipe's `publish.repo` template filled in."""
     s = recipe.effective(entry)
-    group = "channel" if s.group_size == PER_CHANNEL else str(s.group_size)
+    group = {PER_CHANNEL: "channel", PER_TENSOR: "tensor"}.get(s.group_size, str(s.group_size))
     values = {"org": org, "model": entry.id.split("/")[-1], "recipe": recipe.name, "method": s.method,
               "METHOD": s.method.upper(), "bits": str(s.bits), "group": group, "scheme": s.scheme_label}
     return recipe.publish.repo.format_map(values)

@@ -17,7 +17,8 @@ from factory.methods import all_methods, get_method, method_names, register, unr
 from factory.methods.base import CardFacts, QuantMethod
 from factory.recipe import Strict, load_recipe
 
-FIELDS = {"name", "paper_name", "bits", "output_format", "runtimes", "needs_calibration", "activations", "summary"}
+FIELDS = {"name", "paper_name", "bits", "output_format", "runtimes", "needs_calibration", "activations", "summary",
+          "serving"}
 
 
 def test_methods_json_lists_every_method_with_its_facts(capsys):

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 OutputFormat = Literal["compressed-tensors", "bitsandbytes", "simulated", "gguf", "peft-adapter"]
 Runtime = Literal["transformers", "vllm", "llama.cpp"]
 PER_CHANNEL = "per-channel"
+PER_TENSOR = "per-tensor"  # one scale per weight tensor (FP8 static): a format's fixed choice, not a recipe's
 Problem = tuple[tuple, str]  # (path of the recipe field, message)
 
 
@@ -49,7 +50,8 @@ class QuantMethod:
     # a group size the format fixes (NF4's 64-weight blocks), with the reason shown when a recipe differs
     fixed_group_size: ClassVar[tuple[int | str, str] | None] = None
     default_symmetric: ClassVar[bool | None] = True  # None: the format has no such choice
-    activations: ClassVar[Literal["none", "optional", "required"]] = "none"
+    # "fixed": the format itself quantizes activations (FP8, NVFP4, W4AFP8), so no `activations:` block
+    activations: ClassVar[Literal["none", "optional", "required", "fixed"]] = "none"
     # activation bit widths (dynamic per token) the method builds, weights at the same width
     activation_bits: ClassVar[tuple[int, ...]] = (8,)
     runtimes: ClassVar[tuple[Runtime, ...]] = ("transformers",)
@@ -60,6 +62,8 @@ class QuantMethod:
     artifact_kind: ClassVar[Literal["checkpoint", "adapter", "gguf"]] = "checkpoint"
     # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
     Options: ClassVar[type[BaseModel] | None] = None
+    # where the packed checkpoint is served, and on which hardware (`factory methods`)
+    serving: ClassVar[str] = ""
 
     # ------------------------------------------------------------ recipe
 
@@ -89,11 +93,15 @@ class QuantMethod:
                             + (f": {self.unsupported_kind_reason}" if self.unsupported_kind_reason else "")))
         if self.default_symmetric is None and w.symmetric is not None:
             out.append((("weights", "symmetric"), f"does not apply to {self.name}"))
-        if self.activations == "required" and recipe.activations is None:
+        if w.group_size == PER_TENSOR and self.default_group_size != PER_TENSOR:
+            out.append((("weights", "group_size"), f"per-tensor scales are method fp8's, not {self.name}'s: give a positive integer or 'per-channel'"))
+        if self.activations == "fixed" and recipe.activations is not None:
+            out.append((("activations",), f"{self.name} fixes its activations itself; remove the activations block"))
+        elif self.activations == "required" and recipe.activations is None:
             out.append((("method",), f"{self.name} quantizes activations: add `activations: {{bits: 8}}`"))
         elif self.activations == "none" and recipe.activations is not None:
             out.append((("activations",), f"{self.name} is weight-only; remove the activations block"))
-        elif recipe.activations is not None:
+        elif self.activations != "fixed" and recipe.activations is not None:
             a = recipe.activations.bits
             if a not in self.activation_bits:
                 shown = ", ".join(str(b) for b in self.activation_bits)
@@ -139,6 +147,11 @@ class QuantMethod:
         """Whether a recipe's integer group size must divide the model's layer widths."""
         return self.fixed_group_size is None
 
+    def layer_shape_problem(self, settings: "Settings", inputs: dict[str, int], outputs: dict[str, int]) -> str | None:
+        """Why the model's linear layers (their input and output widths, by config name) do not fit the
+        method's fixed blocks, or None. Checked by `validate` when the model's config is on disk."""
+        return None
+
     def scheme_label(self, settings: "Settings") -> str:
         """E.g. W4A16-g128, W8A8."""
         act = settings.activation_bits or 16
@@ -168,4 +181,5 @@ class QuantMethod:
             "needs_calibration": self.needs_calibration,
             "activations": self.activations,
             "summary": self.summary,
+            "serving": self.serving,
         }

@@ -95,6 +95,7 @@ def gguf_file_name(gguf_type: str) -> str:
 
 class GGUF(QuantMethod):
     name = "gguf"
+    serving = "llama.cpp / Ollama, packed, on CPU or GPU"
     summary = ("GGUF file for llama.cpp / Ollama (K-quants, Q8_0, ...), auto-round's writer, data-free or "
                "with an importance matrix")
     output_format = "gguf"

@@ -23,6 +23,7 @@ class LLMCompressorMethod(QuantMethod):
     output_format = "compressed-tensors"
     libraries = ("llmcompressor", "compressed-tensors")
     runtimes = ("transformers", "vllm")
+    serving = "vLLM, 4- and 8-bit integer builds (Marlin and int8 kernels, compute capability >= 8.0)"
     # vLLM's compressed-tensors kernels the card points to (4- and 8-bit weights)
     vllm_bits = (4, 8)
     load_dtype: str | None = None  # a dtype the method needs (else compute_dtype(): the checkpoint's, or float32 on CPU)
@@ -77,6 +78,25 @@ class LLMCompressorMethod(QuantMethod):
         _keep_ignore_patterns(out_dir / "config.json", settings.ignore)
         return {"engine": "llm-compressor", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
                 "device": "cuda" if torch.cuda.is_available() else "cpu", "compute_dtype": dtype}
+
+    def quantize_model_free(self, base_dir: Path, settings: "Settings", out_dir: Path) -> dict:
+        """The same scheme through llm-compressor's `model_free_ptq`: safetensors shard by shard, no model built,
+        so a data-free build needs about one shard of memory instead of the whole model."""
+        import torch
+        from llmcompressor.entrypoints.model_free import model_free_ptq
+
+        from factory.loading import checkpoint_dtype, peak_gpu_mb, reset_gpu_peak
+
+        quant = self.quantization_scheme(settings)
+        (scheme,) = quant["config_groups"].values()
+        reset_gpu_peak()
+        # Without a model there are no module types: every 2-D `.weight` is a candidate, so the token
+        # embedding (tied to lm_head in SmolLM2 and LLaMA-3.2) is kept out as `oneshot` keeps it out.
+        model_free_ptq(str(base_dir), str(out_dir), scheme=scheme, ignore=[*quant["ignore"], "re:.*embed_tokens$"],
+                       max_workers=1, device="cuda:0" if torch.cuda.is_available() else "cpu")
+        return {"engine": "llm-compressor model_free_ptq", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
+                "device": "cuda" if torch.cuda.is_available() else "cpu", "compute_dtype": str(checkpoint_dtype(base_dir)).removeprefix("torch."),
+                "model_free": True}
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         if settings.bits in self.vllm_bits:

@@ -29,6 +29,15 @@ BUILTIN: dict[str, str] = {
     "gguf": "factory.methods.gguf:GGUF",
     "qlora": "factory.methods.qlora:QLoRA",
     "ir-qlora": "factory.methods.ir_qlora:IRQLoRA",
+    "fp8-dynamic": "factory.methods.fp8_dynamic:FP8Dynamic",
+    "fp8": "factory.methods.fp8:FP8",
+    "fp8-block": "factory.methods.fp8_block:FP8Block",
+    "nvfp4": "factory.methods.nvfp4:NVFP4",
+    "nvfp4a16": "factory.methods.nvfp4a16:NVFP4A16",
+    "mxfp4": "factory.methods.mxfp4:MXFP4",
+    "mxfp4a16": "factory.methods.mxfp4a16:MXFP4A16",
+    "w4afp8": "factory.methods.w4afp8:W4AFP8",
+    "mixed": "factory.methods.mixed:Mixed",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)
