@@ -115,7 +115,8 @@ def _strip_comment(line: str) -> str:
 
 
 def _normal(command: str) -> str:
-    return re.sub(r"^\.venv/bin/factory\b", "factory", command)
+    # `.venv/bin/factory` and `python -m factory.cli` are the same command as `factory`
+    return re.sub(r"^(\.venv/bin/factory|(\.venv/bin/)?python3? -m factory\.cli)(?=\s|$)", "factory", command)
 
 
 # ---------------------------------------------------------------- classification

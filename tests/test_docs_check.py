@@ -18,6 +18,7 @@ Run `factory methods --format markdown` or `factory speed RECIPE [--model ID]`.
 
 ```bash
 make demo   # the demo
+.venv/bin/python -m factory.cli schema
 # a comment line
 factory publish recipes/demo-smollm2-gguf-q4km.yaml --to hub  # offline
 ./config.sh --url https://example.org \\
@@ -37,11 +38,11 @@ print(json.dumps({}))
 
 def test_bash_lines_inline_spans_continuations_and_comments():
     texts = [c.text for c in readme_commands(SAMPLE)]
-    assert texts == ["factory methods --format markdown", "factory speed RECIPE [--model ID]", "make demo",
+    assert texts == ["factory methods --format markdown", "factory speed RECIPE [--model ID]", "make demo", "factory schema",
                      "factory publish recipes/demo-smollm2-gguf-q4km.yaml --to hub",
                      "./config.sh --url https://example.org --unattended"]
     where = {c.text: c.where for c in readme_commands(SAMPLE)}
-    assert where["make demo"] == "README.md:6" and where["./config.sh --url https://example.org --unattended"] == "README.md:9"
+    assert where["make demo"] == "README.md:6" and where["./config.sh --url https://example.org --unattended"] == "README.md:10"
 
 
 @pytest.mark.parametrize("text, kind", [
@@ -66,7 +67,7 @@ def test_classification(text, kind, monkeypatch):
 
 def test_python_blocks_compile_and_snippets_run_sketches_do_not(tmp_path):
     (where, code), = python_blocks(SAMPLE)
-    assert where == "README.md:17" and code.startswith("import json")
+    assert where == "README.md:18" and code.startswith("import json")
     assert docs_check._check_python(code, tmp_path, {}, listing=True)[0] == "listed"
     assert docs_check._check_python("class A(B):\n    def f(self): ...\n", tmp_path, {}, listing=True)[0] == "ok"
     status, why, _ = docs_check._check_python("def f(:\n", tmp_path, {}, listing=True)
