@@ -33,7 +33,20 @@ METHODS = {
     "gguf": "method: gguf\nweights: {bits: 8}\ngguf: {type: Q8_0}",
     "qlora": f"method: qlora\nweights: {{bits: 4}}\n{FINETUNE}",
     "ir-qlora": f"method: ir-qlora\nweights: {{bits: 4}}\n{FINETUNE}",
+    "db-llm": "method: db-llm\nweights: {bits: 2, group_size: 32}\n"
+              "db-llm: {steps: 2, samples: 4, seq_len: 16, batch_size: 2}",
+    "fp8-dynamic": "method: fp8-dynamic\nweights: {bits: 8}",
+    "fp8": f"method: fp8\nweights: {{bits: 8}}\n{CAL}",
+    "nvfp4": f"method: nvfp4\nweights: {{bits: 4}}\n{CAL}",
+    "nvfp4a16": "method: nvfp4a16\nweights: {bits: 4}",
+    "mxfp4": "method: mxfp4\nweights: {bits: 4}",
+    "mxfp4a16": "method: mxfp4a16\nweights: {bits: 4}",
+    "mixed": "method: mixed\nweights: {bits: 4, group_size: 32}\n"
+             "mixed:\n  groups:\n    - targets: ['re:.*self_attn\\..*']\n      bits: 8\n      group_size: 32\n",
 }
+# Formats whose blocks or groups (128) do not divide the tiny models' 64-wide layers: built and reloaded on
+# a 128-wide tiny Llama on CPU (tests/test_float_formats.py); not in this tier yet.
+NOT_IN_TIER = {"fp8-block": "128x128 weight blocks", "w4afp8": "INT4 groups of 128"}
 # GGUF files are written on the CPU (auto-round's writer) and run by llama.cpp: nothing of theirs runs on CUDA here.
 CPU_ONLY = {"gguf": "the GGUF writer runs on the CPU; llama.cpp, not this tier, runs the file"}
 SPEED = "evaluation:\n  speed: {batch_sizes: [1, 4], prompt_tokens: 32, new_tokens: 8}\n"
@@ -43,7 +56,8 @@ def test_every_method_has_a_gpu_recipe():
     """Not a GPU test: a method added to the registry without a GPU-tier recipe fails here, on CPU too."""
     from factory.methods.registry import method_names
 
-    assert set(method_names()) - {"toy"} <= set(METHODS), set(method_names()) - set(METHODS)
+    assert set(method_names()) - {"toy"} <= set(METHODS) | set(NOT_IN_TIER), \
+        set(method_names()) - set(METHODS) - set(NOT_IN_TIER)
 
 
 def test_gpu_recipes_are_valid(tmp_path, tiny_llama):
