@@ -55,26 +55,25 @@ def memory_bandwidth_gb_s(size_mb: int = 1024, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def factory_side(gguf: Path, log: Path) -> float:
-    """The speed stage's own measurement (its worker process), batch 1: decode tokens/s."""
-    code = ("import json,sys; from pathlib import Path; from factory.speed import run_measurement; "
+def speed_worker(side: str, runtime: str, kind: str, path: Path, log: Path) -> dict:
+    """The speed stage's own measurement (its worker process) of one artifact at batch 1."""
+    code = ("import json; from pathlib import Path; from factory.speed import run_measurement; "
             "from factory.artifact import Artifact; from factory.recipe import Speed; "
-            f"s=Speed(batch_sizes=[1], prompt_tokens={PROMPT}, new_tokens={NEW}); "
-            f"r=run_measurement('llama.cpp','causal-lm',Artifact('gguf',Path({str(gguf.parent)!r})),s); "
-            "print('BENCH_JSON '+json.dumps({'decode_s': r['batches'][0]['decode_s'], "
-            "'decode_tokens_per_s': r['batches'][0]['decode_tokens_per_s']}))")
-    return run_child("factory", [sys.executable, "-c", code], log, bench_env()).extra
+            f"s=Speed(batch_sizes=[1], prompt_tokens={PROMPT}, new_tokens={NEW}, runtime={runtime!r}); "
+            f"r=run_measurement({runtime!r},'causal-lm',Artifact({kind!r},Path({str(path)!r})),s); "
+            "b=r['batches'][0]; print('BENCH_JSON '+json.dumps({'decode_s': b.get('decode_s'), "
+            "'decode_tokens_per_s': b['decode_tokens_per_s'], 'weights_mb': r['weights_mb'], 'dtype': r.get('dtype')}))")
+    return run_child(side, [sys.executable, "-c", code], log, bench_env()).extra
+
+
+def factory_side(gguf: Path, log: Path) -> dict:
+    """The factory's speed stage on the GGUF file, in llama.cpp."""
+    return speed_worker("factory", "llama.cpp", "gguf", gguf.parent, log)
 
 
 def transformers_side(checkpoint: Path, log: Path) -> dict:
-    """The base checkpoint in transformers, through the speed stage's worker, batch 1."""
-    code = ("import json; from pathlib import Path; from factory.speed import run_measurement; "
-            "from factory.artifact import Artifact; from factory.recipe import Speed; "
-            f"s=Speed(batch_sizes=[1], prompt_tokens={PROMPT}, new_tokens={NEW}, runtime='transformers'); "
-            f"r=run_measurement('transformers','causal-lm',Artifact('checkpoint',Path({str(checkpoint)!r})),s); "
-            "b=r['batches'][0]; print('BENCH_JSON '+json.dumps({'decode_tokens_per_s': b['decode_tokens_per_s'], "
-            "'weights_mb': r['weights_mb'], 'dtype': r.get('dtype')}))")
-    return run_child("transformers", [sys.executable, "-c", code], log, bench_env()).extra
+    """The base checkpoint in transformers, through the same worker."""
+    return speed_worker("transformers", "transformers", "checkpoint", checkpoint, log)
 
 
 def plain_side(gguf: Path, log: Path) -> dict:
