@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
+from conftest import local_model_recipe, reload_in_fresh_process
 from factory.build import Build
 from factory.lowbit import dbllm
 from factory.quantize import quantize
@@ -142,16 +141,3 @@ def test_calibration_data_is_the_labelled_alternative(tmp_path, tiny_llama):
     assert build.method.card_facts(build.settings).data_note.count("calibration text") == 1
     stage = quantize(build).record
     assert stage.training["data"] == "calibration" and stage.training["sequences"] == 2
-
-
-@pytest.mark.parametrize("body, line", [
-    ("method: db-llm\nweights: {bits: 2}\ndb-llm: {steps: 0}", ":4: db-llm.steps: must be greater than 0"),
-    ("method: db-llm\nweights: {bits: 3}", ":3: weights.bits: db-llm supports 2 bits, not 3"),
-    ("method: db-llm\nweights: {bits: 2}\ndb-llm: {data: calibration, samples: 8}",
-     ":4: db-llm.samples: applies to data: generated (the calibration block sets the windows of data: calibration)"),
-])
-def test_bad_options_are_one_line(tmp_path, body, line):
-    recipe = write_recipe(tmp_path, f"name: bad\n{body}\nmodels: [{{id: a/b}}]\n")
-    done = run_factory("validate", str(recipe))
-    assert done.returncode == 2
-    assert done.stderr.strip() == f"{recipe}{line}"

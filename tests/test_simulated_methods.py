@@ -71,6 +71,10 @@ def test_llava_next_text_tower_only(tmp_path, tiny_llava):
     ("method: billm\nweights: {bits: 2}", ":3: weights.bits: billm supports 1 bits, not 2"),
     ("method: billm\nweights: {bits: 1, group_size: 64}",
      ":3: weights.group_size: the paper's setting: blocks of 128 columns"),
+    ("method: db-llm\nweights: {bits: 2}\ndb-llm: {steps: 0}", ":4: db-llm.steps: must be greater than 0"),
+    ("method: db-llm\nweights: {bits: 3}", ":3: weights.bits: db-llm supports 2 bits, not 3"),
+    ("method: db-llm\nweights: {bits: 2}\ndb-llm: {data: calibration, samples: 8}",
+     ":4: db-llm.samples: applies to data: generated (the calibration block sets the windows of data: calibration)"),
 ])
 def test_bad_options_are_one_line(tmp_path, body, line):
     recipe = write_recipe(tmp_path, f"name: bad\n{body}\nmodels: [{{id: a/b}}]\n")
