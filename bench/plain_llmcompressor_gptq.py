@@ -3,7 +3,7 @@
 
 Does what `factory quantize` does for a GPTQ recipe, without importing the factory:
 tokenize one calibration text, draw `samples` random windows of `seq_len` tokens with
-`random.Random(seed)` (as factory.calibration.calibration_windows and GPTQ's get_wikitext2
+`random.Random(seed)` (as factory.engines.calibration.calibration_windows and GPTQ's get_wikitext2
 do), run `oneshot` with a GPTQModifier, save compressed-tensors plus the tokenizer/processor.
 
 The defaults are the factory's offline demo (recipes/demo-smollm2-gptq-4bit.yaml): the
@@ -28,7 +28,7 @@ DEMO_TEXT = REPO / "factory" / "data" / "demo_calibration.txt"
 
 def default_base() -> Path:
     """Where the factory caches the converted SmolLM2 (the path only; the plain side runs no factory code)."""
-    from factory.models import _smollm2_cache_dir
+    from factory.engines.base_models import _smollm2_cache_dir
 
     return _smollm2_cache_dir()
 

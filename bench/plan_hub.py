@@ -68,11 +68,11 @@ def fill(hub, scratch: Path) -> int:
     """Base models and one fresh published card per (recipe, model); returns the number of builds."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from factory import plan as planning
-    from factory.build import Build
-    from factory.fingerprint import factory_metadata
-    from factory.hub import Hub
-    from factory.push import resolve_repo_id
+    from factory.fleet import plan as planning
+    from factory.pipeline.build import Build
+    from factory.pipeline.fingerprint import factory_metadata
+    from factory.core.hub import Hub
+    from factory.stages.push import resolve_repo_id
     from factory.recipe import load_recipe
 
     api = HfApi(endpoint=hub.url, token=hub.token)

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="factory-bench-publish-") as scratch, \
             FakeHub(Path(scratch) / "hub") as hub:
         os.environ.update(hub.client_env())  # before huggingface_hub is imported
-        from factory.build import Build
-        from factory.push import upload_files
+        from factory.pipeline.build import Build
+        from factory.stages.push import upload_files
         from factory.recipe import load_recipe
 
         recipe = load_recipe(RECIPE)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temporary build folders and logs")
     args = p.parse_args(argv)
 
-    from factory.models import fetch_base, slug
+    from factory.engines.base_models import fetch_base, slug
     from factory.recipe import PER_CHANNEL, load_recipe
 
     recipe = load_recipe(RECIPE)

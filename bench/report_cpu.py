@@ -82,7 +82,7 @@ def grid() -> list[tuple[str, int, int | str]]:
 
 def fake_builds(real: Path, model_line: str, work: Path) -> list[Path]:
     """BUILDS recipe files and their build folders, copied from the real build with scaled figures."""
-    from factory.manifest import MANIFEST, Manifest
+    from factory.pipeline.manifest import MANIFEST, Manifest
     from factory.recipe import load_recipe
 
     manifest = Manifest.read(real / MANIFEST)
@@ -99,7 +99,7 @@ def fake_builds(real: Path, model_line: str, work: Path) -> list[Path]:
         path.write_text(f"name: {name}\nmethod: {method}\nweights: {{bits: {bits}, group_size: {group}}}\n"
                         f"{calibration}publish: {{org: bench}}\nmodels: [{model_line}]\n")
         recipe = load_recipe(path)
-        from factory.build import Build
+        from factory.pipeline.build import Build
 
         build = Build(recipe, recipe.models[0], work)
         shutil.copytree(real, build.dir, ignore=shutil.ignore_patterns("model", "upload", "*.lock"))
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="factory-bench-report-") as scratch_name:
         scratch = Path(scratch_name)
         if args.build:
-            from factory.manifest import MANIFEST, Manifest
+            from factory.pipeline.manifest import MANIFEST, Manifest
 
             manifest = Manifest.read(args.build / MANIFEST)
             record = manifest.stages.get("quantize")

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from factory.errors import FactoryError, RecipeInvalid, UserError, first_line
+from factory.core.errors import FactoryError, RecipeInvalid, UserError, first_line
 
 
 # What an interrupted command leaves behind, in its own words (Ctrl-C, SIGTERM or SIGHUP).
@@ -28,7 +28,7 @@ def interrupted_message(command: str) -> str:
         return "the report folder holds its previous copy or the complete new one; " + _PUSH.replace(
             "the push was cut off", "a push that was cut off") + "; a Collection update that was cut off is finished " \
             "by the next run"
-    from factory import build
+    from factory.pipeline import build
 
     if build.interrupted_stage:
         said = (f"{build.interrupted_stage} was stopped and discarded (not marked done); finished stages are "
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from factory.errors import Interrupted
-    from factory.redact import install_log_scrubber, scrub
+    from factory.core.errors import Interrupted
+    from factory.core.redact import install_log_scrubber, scrub
 
     def say(line: str) -> None:
         with contextlib.suppress(OSError):
@@ -79,7 +79,7 @@ def _run(args) -> int:
         check_arguments(args)
         install_log_scrubber()
         if args.command not in NETWORK_FREE:
-            from factory.net import configure_hub_client
+            from factory.core.net import configure_hub_client
 
             configure_hub_client()  # a timeout and bounded retries on every Hub call
         return args.run(args)
@@ -115,7 +115,7 @@ def _run(args) -> int:
 
 def check_arguments(args) -> None:
     """Empty or impossible option values are bad input (one line, exit 2), never a default in disguise."""
-    from factory.errors import UserError
+    from factory.core.errors import UserError
 
     for option in ("to", "workdir", "org", "model", "summary"):
         value = getattr(args, option, None)
@@ -140,7 +140,7 @@ def _terminate_like_interrupt():
     import signal
     import threading
 
-    from factory.errors import Interrupted
+    from factory.core.errors import Interrupted
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -295,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_validate(args) -> int:
     from factory.recipe import load_recipe
-    from factory.recipe_paths import recipe_files
+    from factory.recipe.paths import recipe_files
 
     files = recipe_files(args.paths, default=None)  # the same expansion as plan and rebuild
     problems: list[str] = []
@@ -358,9 +358,9 @@ def methods_table(rows: list[dict], markdown: bool = False) -> str:
 
 def cmd_quantize(args) -> int:
     """`quantize` and `finetune`: the stage that makes each build's artifact."""
-    from factory.build import Build, workdir_root
+    from factory.pipeline.build import Build, workdir_root
     from factory.methods import get_method
-    from factory.quantize import build_artifact
+    from factory.stages.artifact import build_artifact
     from factory.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -384,8 +384,8 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from factory.build import Build, workdir_root
-    from factory.evaluate import evaluate
+    from factory.pipeline.build import Build, workdir_root
+    from factory.stages.evaluate import evaluate
     from factory.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -406,8 +406,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_evaluate_base(args) -> int:
-    from factory.build import Build, workdir_root
-    from factory.evaluate import evaluate_base_model
+    from factory.pipeline.build import Build, workdir_root
+    from factory.stages.evaluate import evaluate_base_model
     from factory.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -420,7 +420,7 @@ def cmd_evaluate_base(args) -> int:
 
 
 def cmd_speed(args) -> int:
-    from factory.speed import SPEED_FILE, speed
+    from factory.stages.speed import SPEED_FILE, speed
 
     for build in _builds(args):
         print(f"speed {build.recipe.name} / {build.entry.id}", flush=True)
@@ -444,7 +444,7 @@ def cmd_speed(args) -> int:
 
 def _builds(args):
     """The recipe's builds this command applies to (validated first)."""
-    from factory.build import Build, workdir_root
+    from factory.pipeline.build import Build, workdir_root
     from factory.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
@@ -453,9 +453,9 @@ def _builds(args):
 
 
 def cmd_card(args) -> int:
-    from factory.card import card
-    from factory.hub import target_for
-    from factory.push import resolve_repo_id
+    from factory.stages.card import card
+    from factory.core.hub import target_for
+    from factory.stages.push import resolve_repo_id
 
     target = target_for(args.to)
     for build in _builds(args):
@@ -466,8 +466,8 @@ def cmd_card(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from factory.hub import target_for
-    from factory.push import push, resolve_repo_id
+    from factory.core.hub import target_for
+    from factory.stages.push import push, resolve_repo_id
 
     target = target_for(args.to)
     for build in _builds(args):
@@ -478,8 +478,8 @@ def cmd_push(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from factory.hub import target_for
-    from factory.publish import publish
+    from factory.core.hub import target_for
+    from factory.pipeline.publish import publish
 
     target = target_for(args.to)
     for build in _builds(args):
@@ -494,10 +494,10 @@ def cmd_publish(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from factory import plan as planning
-    from factory.build import workdir_root
-    from factory.hub import target_for
-    from factory.runners import tiers
+    from factory.fleet import plan as planning
+    from factory.pipeline.build import workdir_root
+    from factory.core.hub import target_for
+    from factory.fleet.runners import tiers
 
     # the runner tiers ($FACTORY_RUNNER_LABELS) are checked before any recipe is read or the Hub asked
     runner_tiers = tiers() if args.format in ("github-matrix", "github-base-matrix") else None
@@ -514,9 +514,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from factory.build import workdir_root
-    from factory.hub import target_for
-    from factory.report_publish import check_report_repo, make_report, publish
+    from factory.pipeline.build import workdir_root
+    from factory.core.hub import target_for
+    from factory.fleet.report_publish import check_report_repo, make_report, publish
 
     if args.out is not None and not args.out.strip():
         raise UserError("--out is empty: give a folder, or leave the option out for <workdir>/report")
@@ -541,11 +541,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_rebuild(args) -> int:
-    from factory import plan as planning
-    from factory.build import Build, workdir_root
-    from factory.errors import FactoryError
-    from factory.hub import target_for
-    from factory.publish import publish
+    from factory.fleet import plan as planning
+    from factory.pipeline.build import Build, workdir_root
+    from factory.core.errors import FactoryError
+    from factory.core.hub import target_for
+    from factory.pipeline.publish import publish
     from factory.recipe import load_recipe
 
     target = target_for(args.to)
@@ -576,7 +576,7 @@ def cmd_rebuild(args) -> int:
     failed = sum(result == "failed" for _, result, _ in outcomes)
     if failed:
         print(f"{failed} of {len(outcomes)} builds failed", file=sys.stderr)
-    from factory.report_publish import refresh_reports
+    from factory.fleet.report_publish import refresh_reports
 
     refresh_reports(args.recipes, root, target, args.org)  # the reports the recipes name, and their Collections
     return 1 if failed else 0
@@ -590,7 +590,7 @@ def _append_summary(path: str | None, build, pushed, scores: dict | None = None)
     lines = [f"### {build.recipe.name} / {build.entry.id}", "",
              f"{state}: `{pushed.repo_id}` ({pushed.location}), fingerprint `{pushed.fingerprint}`", ""]
     if scores:
-        from factory.card import score_rows
+        from factory.stages.card import score_rows
 
         lines += ["| task | metric | base | quantized | recovery |", "| --- | --- | ---: | ---: | ---: |"]
         lines += [f"| {r['task']} | {r['metric']} | {_num(r['base'])} | {_num(r['quantized'])} | "
@@ -601,7 +601,7 @@ def _append_summary(path: str | None, build, pushed, scores: dict | None = None)
 
 
 def score_table(scores: dict) -> str:
-    from factory.card import score_rows
+    from factory.stages.card import score_rows
 
     rows = [("task", "metric", "base", "quantized", "recovery")]
     rows += [(r["task"], r["metric"], _num(r["base"]), _num(r["quantized"]), _num(r["recovery"], "{:.3f}"))

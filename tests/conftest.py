@@ -181,9 +181,9 @@ models: [{{id: test/tiny, source: local, path: {model}, license: mit}}]
 @pytest.fixture(scope="session")
 def evaluated_build(tmp_path_factory, tiny_llama):
     """One quantized and evaluated tiny build (workdir, recipe file), ready for card and push."""
-    from factory.build import Build
-    from factory.evaluate import evaluate
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.evaluate import evaluate
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
 
     work = tmp_path_factory.mktemp("published")

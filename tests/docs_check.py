@@ -194,7 +194,7 @@ def _parse(argv: list[str]):
 
 
 def _recipes_of(args, root: Path) -> list[str]:
-    from factory.recipe_paths import DEFAULT_PATTERN, recipe_files
+    from factory.recipe.paths import DEFAULT_PATTERN, recipe_files
 
     cwd = os.getcwd()
     os.chdir(root)
@@ -228,7 +228,7 @@ def _models(path: Path):
 
 
 def _loads(path: Path) -> bool:
-    from factory.errors import FactoryError
+    from factory.core.errors import FactoryError
     from factory.recipe import load_recipe
 
     try:

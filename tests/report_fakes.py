@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.build import Build
-from factory.manifest import MANIFEST, Manifest, StageRecord
+from factory.pipeline.build import Build
+from factory.pipeline.manifest import MANIFEST, Manifest, StageRecord
 from factory.recipe import load_recipe
 
 ACC_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")

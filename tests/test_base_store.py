@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_factory, write_recipe
-from factory import base_store
-from factory.base_store import Refused, check_document, obtain, store_document, store_path
-from factory.build import Build
-from factory.evaluate import evaluate
-from factory.fingerprint import digest
-from factory.quantize import quantize
+from factory.stages.evaluate import base_store
+from factory.stages.evaluate.base_store import Refused, check_document, obtain, store_document, store_path
+from factory.pipeline.build import Build
+from factory.stages.evaluate import evaluate
+from factory.pipeline.fingerprint import digest
+from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
 from hub_server import patch_hf_client
 
@@ -275,8 +275,8 @@ def test_a_store_file_is_checked_against_its_fingerprint(tamper, reason):
 def test_plan_lists_one_base_job_per_shared_base_model(tmp_path, tiny_llama, store_hub):
     """`plan --format github-base-matrix`: one entry per base model that two or more planned builds share
     through a store that does not hold its scores yet; none once the store does."""
-    from factory.base_store import base_identity, push_store
-    from factory.evaluate.plan import EvalPlan
+    from factory.stages.evaluate.base_store import base_identity, push_store
+    from factory.recipe.eval_plan import EvalPlan
 
     store = "tester/base-evals-plan"
     other = tmp_path / "other-model"
@@ -308,7 +308,7 @@ def test_plan_lists_one_base_job_per_shared_base_model(tmp_path, tiny_llama, sto
 
 
 def test_recipe_names_the_store_as_a_hub_repo_id(tmp_path, tiny_llama):
-    from factory.errors import RecipeInvalid
+    from factory.core.errors import RecipeInvalid
 
     good = load_recipe(_recipe(tmp_path, "rtn-4bit", 4, tiny_llama, "my-org/factory-base-evals"))
     assert good.publish.base_evals == "my-org/factory-base-evals"
@@ -316,7 +316,7 @@ def test_recipe_names_the_store_as_a_hub_repo_id(tmp_path, tiny_llama):
     plain = load_recipe(_recipe(tmp_path / "plain", "rtn-4bit", 4, tiny_llama))
     assert plain.publish.base_evals is None
     # the store is where scores are kept, not what they are: no part of any fingerprint
-    from factory.fingerprint import publish_fingerprint
+    from factory.pipeline.fingerprint import publish_fingerprint
     assert publish_fingerprint(Build(good, good.models[0], tmp_path)) == \
         publish_fingerprint(Build(plain, plain.models[0], tmp_path))
     bad = _recipe(tmp_path, "rtn-2bit", 2, tiny_llama, "not--valid/x")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from factory import fingerprint
-from factory.fingerprint import code_digest
-from factory.methods.registry import get_method, method_names
+from factory.core import code_digest as fingerprint
+from factory.core.code_digest import code_digest
+from factory.registry import get_method, method_names
 
 ENGINE = '''
 """An engine module."""
@@ -30,7 +30,7 @@ def scale(x: float) -> float:
 
 @pytest.fixture
 def package(tmp_path, monkeypatch):
-    monkeypatch.setattr(fingerprint, "PACKAGE_ROOT", tmp_path)
+    monkeypatch.setattr(fingerprint, "SOURCE_ROOT", tmp_path)
     (tmp_path / "pkg" / "engines").mkdir(parents=True)
     (tmp_path / "pkg" / "__init__.py").write_text("")
     return tmp_path / "pkg"
@@ -67,7 +67,7 @@ def test_a_package_is_its_init_and_the_order_of_modules_does_not_matter(package)
 def test_every_method_names_engine_modules_that_exist(name):
     method = get_method(name)
     for module in method.engine_modules:
-        path = fingerprint.PACKAGE_ROOT.joinpath(*module.split("."))
+        path = fingerprint.SOURCE_ROOT.joinpath(*module.split("."))
         assert path.is_dir() and (path / "__init__.py").is_file() or path.with_suffix(".py").is_file(), module
     digest = method.code_digest()
     assert (digest is None) == (not method.engine_modules)
@@ -76,6 +76,6 @@ def test_every_method_names_engine_modules_that_exist(name):
 def test_simulated_methods_share_the_driver_and_differ_by_their_engine():
     pb, bi = get_method("pb-llm"), get_method("billm")
     shared = set(pb.engine_modules) & set(bi.engine_modules)
-    assert {"factory.lowbit", "factory.lowbit.hessian"} <= shared
+    assert {"factory.engines.lowbit", "factory.engines.lowbit.hessian"} <= shared
     assert pb.code_digest() != bi.code_digest()
-    assert "factory.lowbit.billm" not in pb.engine_modules  # BiLLM's code does not rebuild PB-LLM
+    assert "factory.engines.lowbit.billm" not in pb.engine_modules  # BiLLM's code does not rebuild PB-LLM

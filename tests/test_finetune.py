@@ -158,8 +158,8 @@ def test_quantize_and_finetune_commands_refuse_the_other_kind(tmp_path, tiny_lla
 
 
 def test_alpaca_prompt_and_loss_mask(tiny_tokenizer):
-    from factory.finetune.data import PROMPT_INPUT, prompt
-    from factory.finetune.stage import encode
+    from factory.engines.lora.data import PROMPT_INPUT, prompt
+    from factory.stages.finetune import encode
 
     record = {"instruction": "Add the two numbers.", "input": "2 and 3", "output": "5"}
     assert prompt(record) == PROMPT_INPUT.format(instruction="Add the two numbers.", input="2 and 3")
@@ -362,7 +362,7 @@ def test_alpaca_is_read_at_the_commit_its_revision_names(monkeypatch):
     import datasets
     import huggingface_hub
 
-    from factory.finetune import data
+    from factory.engines.lora import data
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     asked = {}

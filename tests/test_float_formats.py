@@ -14,7 +14,7 @@ import pytest
 
 from conftest import local_model_recipe, write_recipe
 from factory.cli import main
-from factory.errors import RecipeInvalid
+from factory.core.errors import RecipeInvalid
 from factory.recipe import load_recipe
 
 FORMATS = {  # method: (bits, what the saved config must say about the weights)
@@ -72,8 +72,8 @@ def _recipe(tmp_path, method, model_dir, extra=""):
 
 
 def test_every_format_builds_and_reloads_without_the_factory(tmp_path, tiny_llama, tiny_llama_128):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     outputs = {}
     for method, (_, weights) in FORMATS.items():
@@ -102,8 +102,8 @@ def test_every_format_builds_and_reloads_without_the_factory(tmp_path, tiny_llam
 def test_fp8_kv_cache_scales_are_written(tmp_path, tiny_llama):
     from safetensors import safe_open
 
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     recipe = load_recipe(_recipe(tmp_path, "fp8-dynamic", tiny_llama, "fp8-dynamic: {kv_cache: fp8}\n"))
     build = Build(recipe, recipe.models[0], tmp_path)
@@ -175,8 +175,8 @@ def test_model_free_builds_match_oneshot(tmp_path, tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     for method, bits, extra in (("rtn", 4, "weights: {bits: 4, group_size: 32}\n"), ("fp8-dynamic", 8, "weights: {bits: 8}\n")):
         outs = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA, REPO, run_factory, write_recipe
 
-from factory.errors import RecipeInvalid, UserError
+from factory.core.errors import RecipeInvalid, UserError
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -93,7 +93,7 @@ def _write_vocab(model_dir: Path, out: Path) -> Path:
     import gguf
     from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
 
-    from factory.methods.gguf_vocab import llama_cpp_vocab
+    from factory.engines.gguf_vocab import llama_cpp_vocab
 
     conversion = get_conversion(model_dir)
     cls = conversion.get_model_class("LlamaForCausalLM")
@@ -144,7 +144,7 @@ def _fields(path: Path) -> dict:
 
 @pytest.mark.slow
 def test_smollm2_vocab_is_written_as_its_own_gguf_says(tmp_path):
-    from factory.models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
+    from factory.engines.base_models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
 
     base = _smollm2_checkpoint()
     written = _fields(_write_vocab(base, tmp_path / "vocab.gguf"))
@@ -160,7 +160,7 @@ def test_demo_base_ends_and_pads_where_its_gguf_says():
     (transformers 5.17's GGUF tokenizer alone would end generation at <|im_start|>, the BOS)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from factory.models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
+    from factory.engines.base_models import SMOLLM2_GGUF, _smollm2_checkpoint, _smollm2_package_dir
 
     base = _smollm2_checkpoint()
     shipped = _fields(_smollm2_package_dir() / SMOLLM2_GGUF)
@@ -179,10 +179,10 @@ def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from factory.build import Build
-    from factory.evaluate.perplexity import perplexity
-    from factory.models import _smollm2_checkpoint
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.evaluate.perplexity import perplexity
+    from factory.engines.base_models import _smollm2_checkpoint
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
 
     recipe = load_recipe(gguf_recipe(tmp_path, "weights: {bits: 8}\ngguf: {type: Q8_0}"))
@@ -246,7 +246,7 @@ def test_the_tokenizer_check_names_the_first_difference(tmp_path, tiny_llama):
     differs otherwise (the build then fails rather than publish a file llama.cpp would tokenize wrongly)."""
     from transformers import AutoTokenizer
 
-    from factory.methods.gguf_vocab import check_tokenizer
+    from factory.engines.gguf_vocab import check_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -328,7 +328,7 @@ def test_importance_mistakes_are_one_line_and_exit_2(tmp_path, body, message):
 def test_importance_is_calibrated_and_fingerprinted_and_data_free_stays_as_it_was(tmp_path):
     """The option reads the calibration block (its text enters the fingerprint); leaving it out gives the
     settings JSON data-free recipes always had (no `importance` key), so their fingerprints do not move."""
-    from factory.build import Build
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe, settings_json
 
     plain = load_recipe(gguf_recipe(tmp_path, "weights: {bits: 3}\ngguf: {type: Q3_K_S}"), check_model_configs=False)
@@ -354,7 +354,7 @@ def tiny_smollm2(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
 
-    from factory.models import _smollm2_checkpoint
+    from factory.engines.base_models import _smollm2_checkpoint
 
     base = _smollm2_checkpoint()
     model_dir = tmp_path_factory.mktemp("tiny-smollm2")
@@ -370,14 +370,14 @@ def tiny_smollm2(tmp_path_factory) -> Path:
 
 
 def _build_tiny(tmp_path, model_dir: Path, name: str, body: str, monkeypatch):
-    import factory.models
-    from factory.build import Build
-    from factory.models import SMOLLM2_GGUF, _smollm2_package_dir
-    from factory.quantize import quantize
+    import factory.engines.base_models
+    from factory.pipeline.build import Build
+    from factory.engines.base_models import SMOLLM2_GGUF, _smollm2_package_dir
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
 
     # the tokenizer metadata comes from SmolLM2's own GGUF, as for the demo base (gguf_vocab)
-    monkeypatch.setattr(factory.models, "gguf_origin", lambda path: _smollm2_package_dir() / SMOLLM2_GGUF)
+    monkeypatch.setattr(factory.engines.base_models, "gguf_origin", lambda path: _smollm2_package_dir() / SMOLLM2_GGUF)
     path = write_recipe(tmp_path, f"name: {name}\nmethod: gguf\n{body}\n"
                         f"models: [{{id: test/tiny, source: local, path: {model_dir}}}]\n", f"{name}.yaml")
     recipe = load_recipe(path)
@@ -389,7 +389,7 @@ def test_importance_builds_a_different_gguf_and_publishes_the_matrix_beside_it(t
     import numpy as np
     from gguf import GGUFReader
 
-    from factory.methods.gguf_importance import read_imatrix
+    from factory.engines.gguf_importance import read_imatrix
 
     free, _ = _build_tiny(tmp_path, tiny_smollm2, "free", "weights: {bits: 3}\ngguf: {type: Q3_K_S}", monkeypatch)
     body = ("weights: {bits: 3}\ngguf: {type: Q3_K_S, importance: calibration}\n"

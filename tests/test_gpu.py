@@ -9,8 +9,8 @@ import json
 import pytest
 
 from conftest import local_model_recipe
-from factory.build import Build
-from factory.errors import RecipeInvalid
+from factory.pipeline.build import Build
+from factory.core.errors import RecipeInvalid
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"
@@ -54,7 +54,7 @@ SPEED = "evaluation:\n  speed: {batch_sizes: [1, 4], prompt_tokens: 32, new_toke
 
 def test_every_method_has_a_gpu_recipe():
     """Not a GPU test: a method added to the registry without a GPU-tier recipe fails here, on CPU too."""
-    from factory.methods.registry import method_names
+    from factory.registry import method_names
 
     assert set(method_names()) - {"toy"} <= set(METHODS) | set(NOT_IN_TIER), \
         set(method_names()) - set(METHODS) - set(NOT_IN_TIER)
@@ -69,7 +69,7 @@ def test_gpu_recipes_are_valid(tmp_path, tiny_llama):
 def _reload_on_cuda(kind: str, path) -> dict:
     import torch
 
-    from factory.loading import model_class
+    from factory.engines.loading import model_class
 
     model = model_class(kind).from_pretrained(path, device_map="cuda").eval()
     ids = torch.arange(1, 33, device="cuda").unsqueeze(0)
@@ -85,7 +85,7 @@ def _reload_on_cuda(kind: str, path) -> dict:
 @pytest.mark.parametrize("kind", ["causal-lm", "llava-next"])
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_quantizes_on_cuda(name, kind, tmp_path, tiny_llama, tiny_llava):
-    from factory.quantize import build_artifact
+    from factory.stages.artifact import build_artifact
 
     import torch
 
@@ -113,8 +113,8 @@ def test_method_quantizes_on_cuda(name, kind, tmp_path, tiny_llama, tiny_llava):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["nf4", "int8"])
 def test_bitsandbytes_stays_packed_on_cuda(name, tmp_path, tiny_llama):
-    from factory.quantize import quantize
-    from factory.speed import SPEED_FILE, speed
+    from factory.stages.artifact import quantize
+    from factory.stages.speed import SPEED_FILE, speed
 
     recipe = load_recipe(local_model_recipe(tmp_path, name, METHODS[name] + "\n" + SPEED, tiny_llama))
     build = Build(recipe, recipe.models[0], tmp_path / "work")
@@ -129,8 +129,8 @@ def test_bitsandbytes_stays_packed_on_cuda(name, tmp_path, tiny_llama):
 
 @pytest.mark.gpu
 def test_speed_of_a_gptq_build_on_cuda(tmp_path, tiny_llama):
-    from factory.quantize import quantize
-    from factory.speed import SPEED_FILE, speed
+    from factory.stages.artifact import quantize
+    from factory.stages.speed import SPEED_FILE, speed
 
     recipe = load_recipe(local_model_recipe(tmp_path, "gptq", METHODS["gptq"] + "\n" + SPEED, tiny_llama))
     build = Build(recipe, recipe.models[0], tmp_path / "work")
@@ -148,8 +148,8 @@ def test_speed_of_a_gptq_build_on_cuda(tmp_path, tiny_llama):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["causal-lm", "llava-next"])
 def test_hf_evaluation_on_cuda(kind, tmp_path, tiny_llama, tiny_llava):
-    from factory.evaluate import evaluate
-    from factory.quantize import quantize
+    from factory.stages.evaluate import evaluate
+    from factory.stages.artifact import quantize
 
     model = tiny_llama if kind == "causal-lm" else tiny_llava
     body = METHODS["rtn"] + "\nevaluation: {suite: smoke, backend: hf, limit: 4, perplexity_seq_len: 64}\n"

@@ -22,7 +22,7 @@ import pytest
 
 from conftest import REPO, run_factory, write_recipe
 from factory.cli import _parser, main
-from factory.errors import RecipeInvalid, UserError
+from factory.core.errors import RecipeInvalid, UserError
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SECRET = "sekrit-0123456789-token"  # not hf_-shaped: only the exact-value scrub can catch it
@@ -157,15 +157,15 @@ def test_revision_outside_the_cache_is_never_read(tmp_path):
                                   "commit: must not contain '//', '..' or '@{'"]
     assert "f" * 40 not in done.stdout + done.stderr
 
-    from factory.models import resolve_hub_revision  # the library refuses too, before building the path
+    from factory.engines.base_models import resolve_hub_revision  # the library refuses too, before building the path
     with pytest.raises(UserError, match="revision"):
         resolve_hub_revision("test/tiny", "../../../secret")
 
 
 @pytest.mark.parametrize("model_id", ["../x", "a/..", "a/b/c", "..", ".", "a//b", "é/x", "a/b\x00", "/abs", ""])
 def test_slug_and_local_folder_refuse_unsafe_ids(tmp_path, model_id):
-    from factory.hub import LocalFolder
-    from factory.models import slug
+    from factory.core.hub import LocalFolder
+    from factory.engines.base_models import slug
 
     with pytest.raises(UserError):
         slug(model_id)
@@ -176,7 +176,7 @@ def test_slug_and_local_folder_refuse_unsafe_ids(tmp_path, model_id):
 
 
 def test_safepath_inside_refuses_escapes(tmp_path):
-    from factory.safepath import inside
+    from factory.core.safepath import inside
 
     assert inside(tmp_path, "a", "b") == tmp_path / "a" / "b"
     (tmp_path / "link").symlink_to("/")
@@ -253,8 +253,8 @@ def test_validate_plan_and_rebuild_take_the_same_arguments(tmp_path, capsys):
         assert "2 recipes valid" in capsys.readouterr().out
         assert main(["plan", *arguments, "--to", str(hub), "--format", "json"]) == 0
         assert [r["recipe_name"] for r in json.loads(capsys.readouterr().out)] == ["one", "two"]
-    from factory.plan import recipe_files
-    from factory.recipe_paths import recipe_files as shared
+    from factory.fleet.plan import recipe_files
+    from factory.recipe.paths import recipe_files as shared
 
     assert recipe_files([str(folder)]) == shared([str(folder)]) == [str(folder / "one.yaml"), str(folder / "two.yaml")]
     assert main(["plan", str(tmp_path / "nothing-*.yaml"), "--to", str(hub)]) == 2
@@ -282,8 +282,8 @@ def test_empty_and_impossible_options_are_one_line(tmp_path, capsys, arguments, 
 
 
 def test_library_entry_points_refuse_empty_values_too(tmp_path):
-    from factory.build import workdir_root
-    from factory.hub import target_for
+    from factory.pipeline.build import workdir_root
+    from factory.core.hub import target_for
 
     for call in (lambda: target_for(""), lambda: workdir_root(""), lambda: target_for(str(hub_recipe(tmp_path)))):
         with pytest.raises(UserError):
@@ -316,7 +316,7 @@ def test_debug_before_the_subcommand_shows_the_traceback(tmp_path, monkeypatch):
 def test_every_request_gets_a_timeout_and_bounded_retries(silent, monkeypatch):
     from huggingface_hub import constants
 
-    from factory.net import make_client
+    from factory.core.net import make_client
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the client's request hook checks it
 
@@ -400,7 +400,7 @@ def test_a_server_echoing_the_authorization_header_leaks_nothing(tmp_path, echo)
 
 
 def test_scrub_removes_every_form_of_the_credential(monkeypatch):
-    from factory.redact import scrub
+    from factory.core.redact import scrub
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     for text in (f"Authorization: Bearer {SECRET}", f'{{"authorization": "{SECRET}"}}', f"token={SECRET}&x",
@@ -415,7 +415,7 @@ def test_server_messages_and_cli_errors_are_scrubbed(tmp_path, monkeypatch, caps
     from huggingface_hub.errors import HfHubHTTPError
 
     import factory.cli as cli
-    from factory.hub import hub_errors
+    from factory.core.hub import hub_errors
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     response = httpx.Response(502, request=httpx.Request("GET", "http://x"), text=f"Authorization: Bearer {SECRET}")
@@ -433,7 +433,7 @@ def test_server_messages_and_cli_errors_are_scrubbed(tmp_path, monkeypatch, caps
 
 
 def test_manifest_never_records_the_token(tmp_path, monkeypatch):
-    from factory.build import Build, run_stage
+    from factory.pipeline.build import Build, run_stage
     from factory.recipe import load_recipe
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -469,10 +469,10 @@ def test_broken_pipe_is_quiet():
     ("push", "interrupted (Ctrl-C): the push was cut off"),
 ])
 def test_interrupt_messages_fit_the_command(tmp_path, monkeypatch, capsys, command, words):
-    import factory.build
+    import factory.pipeline.build
     import factory.recipe as recipes
 
-    monkeypatch.setattr(factory.build, "interrupted_stage", None)
+    monkeypatch.setattr(factory.pipeline.build, "interrupted_stage", None)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -485,16 +485,16 @@ def test_interrupt_messages_fit_the_command(tmp_path, monkeypatch, capsys, comma
 
 
 def test_an_interrupted_stage_is_named_and_discarded(tmp_path, monkeypatch, capsys):
-    import factory.build
-    import factory.quantize
-    from factory.build import run_stage
+    import factory.pipeline.build
+    import factory.stages.artifact
+    from factory.pipeline.build import run_stage
 
     def interrupted_work(out: Path) -> dict:
         (out / "half-written").write_text("x")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(factory.build, "interrupted_stage", None)
-    monkeypatch.setattr(factory.quantize, "quantize", lambda build: run_stage(build, "quantize", interrupted_work))
+    monkeypatch.setattr(factory.pipeline.build, "interrupted_stage", None)
+    monkeypatch.setattr(factory.stages.artifact, "quantize", lambda build: run_stage(build, "quantize", interrupted_work))
     assert main(["quantize", str(hub_recipe(tmp_path)), "--workdir", str(tmp_path)]) == 130
     assert lines(capsys.readouterr().err) == [
         "interrupted (Ctrl-C): the quantize stage of hub-rtn / test/tiny was stopped and discarded (not marked "
@@ -510,8 +510,8 @@ def test_an_interrupted_stage_is_named_and_discarded(tmp_path, monkeypatch, caps
 @pytest.fixture(scope="module")
 def build_copy(tmp_path_factory, evaluated_build):
     """A copy of the session's evaluated build (its own workdir), carded for tester/tiny-rtn-4bit."""
-    from factory.build import Build
-    from factory.card import card
+    from factory.pipeline.build import Build
+    from factory.stages.card import card
     from factory.recipe import load_recipe
 
     work, recipe_path = evaluated_build
@@ -569,8 +569,8 @@ def leftovers(org: Path) -> list[str]:
 
 
 def test_sigterm_and_sigkill_during_push_leave_a_complete_target(tmp_path, build_copy):
-    from factory.hub import LocalFolder
-    from factory.push import push
+    from factory.core.hub import LocalFolder
+    from factory.stages.push import push
 
     work, recipe, build = build_copy
     hub = tmp_path / "hub"
@@ -601,7 +601,7 @@ def test_sigterm_and_sigkill_during_push_leave_a_complete_target(tmp_path, build
 
 
 def test_a_killed_swap_is_put_back_by_the_next_run(tmp_path):
-    from factory.atomic import atomic_dir, remove_stale
+    from factory.core.atomic import atomic_dir, remove_stale
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -643,9 +643,9 @@ def test_concurrent_pushes_to_one_target_wait_for_each_other(tmp_path, build_cop
 def test_concurrent_card_runs_do_not_collide(tmp_path, build_copy):
     work, recipe, _ = build_copy
     args = ("card", str(recipe), "--workdir", str(work), "--org", "concurrent")
-    first, flag, first_log = held_run(tmp_path, "first", "factory.card:check_card", *args)
+    first, flag, first_log = held_run(tmp_path, "first", "factory.stages.card:check_card", *args)
     wait_for(flag.exists, "the first card run to hold the build")
-    second, _, second_log = held_run(tmp_path, "second", "factory.card:check_card", *args)
+    second, _, second_log = held_run(tmp_path, "second", "factory.stages.card:check_card", *args)
     wait_for(lambda: "waiting for another factory run" in second_log.read_text(), "the second card run to wait")
     (tmp_path / "release").touch()
     assert first.wait(timeout=60) == 0, first_log.read_text()
@@ -654,11 +654,11 @@ def test_concurrent_card_runs_do_not_collide(tmp_path, build_copy):
 
 
 def test_published_files_hold_no_local_path(tmp_path, evaluated_build, tiny_llama, tmp_path_factory):
-    from factory.build import Build
-    from factory.card import card
-    from factory.evaluate.plan import TASKS_DIR
-    from factory.hub import LocalFolder
-    from factory.push import push
+    from factory.pipeline.build import Build
+    from factory.stages.card import card
+    from factory.recipe.eval_plan import TASKS_DIR
+    from factory.core.hub import LocalFolder
+    from factory.stages.push import push
     from factory.recipe import load_recipe
 
     work, recipe_path = evaluated_build

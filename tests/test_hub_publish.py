@@ -127,11 +127,11 @@ def test_lfs_upload_failure_publishes_nothing(evaluated_build, monkeypatch, tmp_
     hub = FakeHub(tmp_path / "hub").start()
     patch_hf_client(monkeypatch, hub.url)  # retries without their sleeps
     monkeypatch.setenv("HF_TOKEN", hub.token)
-    from factory.build import Build
-    from factory.card import card
-    from factory.errors import FactoryError
-    from factory.hub import Hub
-    from factory.push import push
+    from factory.pipeline.build import Build
+    from factory.stages.card import card
+    from factory.core.errors import FactoryError
+    from factory.core.hub import Hub
+    from factory.stages.push import push
     from factory.recipe import load_recipe
 
     work, recipe_path = evaluated_build
@@ -139,7 +139,7 @@ def test_lfs_upload_failure_publishes_nothing(evaluated_build, monkeypatch, tmp_
     build = Build(recipe, recipe.models[0], work)
     repo = "lfs-fail/tiny-rtn-4bit"
     card(build, repo)
-    from factory.push import upload_files
+    from factory.stages.push import upload_files
 
     # Each LFS file (weights, plots) is tried once and retried 5 times, in parallel: fail them all.
     lfs_files = [p for p in upload_files(build) if p.endswith((".safetensors", ".png"))]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import llama_cpp
+from factory.engines import llama_cpp
 
 DEMO_RECIPE = """
 name: demo-q8
@@ -89,9 +89,9 @@ def test_a_file_llama_cpp_refuses_is_one_line_with_its_reason(tmp_path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The SmolLM2 demo's Q8_0 GGUF build and its base's F16 GGUF (cached in the session's FACTORY_CACHE)."""
-    from factory.base_gguf import base_gguf
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.stages.speed.base_gguf import base_gguf
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
 
     work = tmp_path_factory.mktemp("llama-cpp")
@@ -107,7 +107,7 @@ def demo(tmp_path_factory):
 def test_the_base_gguf_is_f16_from_the_same_converter_and_cached_once(demo):
     from gguf import GGUFReader
 
-    from factory.base_gguf import base_gguf
+    from factory.stages.speed.base_gguf import base_gguf
 
     base = demo["base"]
     assert base.name == "model-F16.gguf" and llama_cpp.gguf_type_of(base) == "F16"
@@ -123,8 +123,8 @@ def test_the_gguf_carries_the_base_chat_template_and_a_chat_ends_on_eos(demo):
     from transformers import AutoTokenizer
 
     from factory.methods.gguf import chat_template_of
-    from factory.models import fetch_base
-    from factory.runtime_quality import CHAT_MESSAGE
+    from factory.engines.base_models import fetch_base
+    from factory.stages.speed.runtime_quality import CHAT_MESSAGE
 
     build = demo["build"]
     base_tokenizer = AutoTokenizer.from_pretrained(fetch_base(build.entry, build.recipe_dir).path)
@@ -158,7 +158,7 @@ def _scrambled_copy(source: Path, target: Path, tensor: str) -> Path:
 
 def test_kl_and_agreement_tell_a_good_file_from_a_corrupted_one(demo, tmp_path):
     """Q8_0 is close to the base's F16; the F16 with one tensor's values scrambled is far from it."""
-    from factory.runtime_quality import windows
+    from factory.stages.speed.runtime_quality import windows
 
     build = demo["build"]
     windows_ = windows(build)
@@ -180,8 +180,8 @@ def test_kl_and_agreement_tell_a_good_file_from_a_corrupted_one(demo, tmp_path):
 
 
 def test_the_speed_stage_measures_build_and_base_in_llama_cpp(demo):
-    from factory.card import speed_rows
-    from factory.speed import SPEED_FILE, speed
+    from factory.stages.card import speed_rows
+    from factory.stages.speed import SPEED_FILE, speed
 
     build = demo["build"]
     result = speed(build, log=lambda line: None)
@@ -209,7 +209,7 @@ def test_llama_cpp_refusing_the_build_is_one_line_and_stops_the_stage(demo, tmp_
     """A build whose GGUF llama.cpp cannot load: `factory speed` names the file and llama.cpp's reason."""
     import os
 
-    from factory.build import Build
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe
 
     work = tmp_path / "work"
@@ -235,7 +235,7 @@ def test_a_base_gguf_that_cannot_be_written_leaves_nothing(monkeypatch, tmp_path
     """A full disk in the middle of writing the base's F16 GGUF: one line, and no cached folder."""
     import errno
 
-    from factory import base_gguf as module
+    from factory.stages.speed import base_gguf as module
     from factory.methods import gguf as gguf_method
     from factory.recipe import load_recipe
 

@@ -17,7 +17,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from factory.environment import installed_locks
+from factory.core.environment import installed_locks
 
 REPO = Path(__file__).resolve().parent.parent
 LOCKS = REPO / "locks"

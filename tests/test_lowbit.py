@@ -1,4 +1,4 @@
-"""factory.lowbit: PB-LLM, BiLLM and SliM-LLM on small random layers, and the sequential driver on a tiny Llama.
+"""factory.engines.lowbit: PB-LLM, BiLLM and SliM-LLM on small random layers, and the sequential driver on a tiny Llama.
 
 Everything runs on CPU in a few seconds: 64 x 256 weights (two 128-column blocks), inputs with
 correlated channels (so that GPTQ's error compensation has something to work with) and a few
@@ -13,8 +13,8 @@ from functools import partial
 import pytest
 import torch
 
-from factory.lowbit import billm, pbllm, quantize_model_layers, slim_llm
-from factory.lowbit.hessian import (BlockContext, HessianCollector, gptq_quantize, inverse_hessian_cholesky,
+from factory.engines.lowbit import billm, pbllm, quantize_model_layers, slim_llm
+from factory.engines.lowbit.hessian import (BlockContext, HessianCollector, gptq_quantize, inverse_hessian_cholesky,
                                     output_error)
 
 ROWS, COLUMNS, TOKENS, BLOCK = 64, 256, 512, 128

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from conftest import REPO, write_recipe
 from factory.cli import main, methods_table
-from factory.errors import RecipeInvalid, UserError
+from factory.core.errors import RecipeInvalid, UserError
 from factory.methods import all_methods, get_method, method_names, register, unregister
 from factory.methods.base import CardFacts, QuantMethod
 from factory.recipe import Strict, load_recipe
@@ -77,8 +77,8 @@ def toy():
 
 
 def test_a_method_registered_from_outside_builds(toy, tmp_path, tiny_llama, capsys):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     recipe_path = write_recipe(tmp_path, f"""
         name: toy-build

@@ -23,8 +23,8 @@ GROUPS = """mixed:
 
 
 def test_groups_get_their_schemes_and_the_card_says_so(tmp_path, tiny_llama):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     body = f"method: mixed\nweights: {{bits: 4, group_size: 32}}\n{GROUPS}"
     recipe = load_recipe(local_model_recipe(tmp_path, "mixed", body, tiny_llama))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from factory.evaluate.perplexity import perplexity
+from factory.stages.evaluate.perplexity import perplexity
 
 
 def test_matches_a_hand_computation(tiny_llama):

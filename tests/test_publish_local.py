@@ -8,12 +8,12 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import run_factory, write_recipe
-from factory.build import Build
-from factory.card import card
-from factory.errors import RecipeInvalid, UserError
-from factory.hub import LocalFolder, card_metadata
-from factory.publish import publish
-from factory.push import GatesFailed, local_paths, push
+from factory.pipeline.build import Build
+from factory.stages.card import card
+from factory.core.errors import RecipeInvalid, UserError
+from factory.core.hub import LocalFolder, card_metadata
+from factory.pipeline.publish import publish
+from factory.stages.push import GatesFailed, local_paths, push
 from factory.recipe import load_recipe
 
 EVAL = "evaluation: {suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}"
@@ -77,7 +77,7 @@ def test_card_metadata_is_valid_for_the_hub(published):
     assert "| Task | Metric | Base | This model | Recovery |" in text
     assert "rtn-8bit" in text and "![Mean recovery of each build](comparison.png)" in text  # the sibling
     assert "smoke" in text and "arXiv:2404.14047" in text
-    # The exact recipe and the command that reproduces it, as published: no local path (factory.push).
+    # The exact recipe and the command that reproduces it, as published: no local path (factory.stages.push).
     published_paths = local_paths(build)
     assert published_paths.scrub(build.recipe.source_path.read_text().strip()) in text
     assert f"factory publish {published_paths.scrub(str(build.recipe.source_path))} --model test/tiny" in text
@@ -167,7 +167,7 @@ def test_org_from_the_command_line_is_checked_too(published):
     work, target, results = published
     build = results["rtn-4bit"].build
     with pytest.raises(UserError, match="publish.repo: 'bad org/"):
-        from factory.push import resolve_repo_id
+        from factory.stages.push import resolve_repo_id
         resolve_repo_id(build, target, "bad org")
 
 

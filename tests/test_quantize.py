@@ -8,8 +8,8 @@ import pytest
 from safetensors import safe_open
 
 from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
-from factory.build import Build
-from factory.quantize import quantize
+from factory.pipeline.build import Build
+from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"

@@ -1,4 +1,4 @@
-"""QuIP (Chee et al. 2023) as written in factory/lowbit/quip.py, and the `quip` method.
+"""QuIP (Chee et al. 2023) as written in factory/engines/lowbit/quip.py, and the `quip` method.
 
 The transforms invert exactly and are orthogonal at SmolLM2's widths; the saved weights, re-rotated
 with the recorded seed, sit on QuIP's 2^b-level grid; on a real SmolLM2 layer QuIP's output error
@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import REPO, local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
-from factory.lowbit import quip
-from factory.lowbit.hessian import BlockContext, HessianCollector, gptq_quantize, output_error
+from factory.engines.lowbit import quip
+from factory.engines.lowbit.hessian import BlockContext, HessianCollector, gptq_quantize, output_error
 
 
 @pytest.fixture(autouse=True)
@@ -94,7 +94,7 @@ def test_quip_beats_gptq_g64_on_a_smollm2_layer():
     """The issue's measure, tr(dW H dW^T) / tr(W H W^T), summed over one middle layer's seven linears."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from factory.models import fetch_base
+    from factory.engines.base_models import fetch_base
     from factory.recipe import load_recipe
 
     demo = load_recipe(REPO / "recipes" / "demo-smollm2-gptq-4bit.yaml")
@@ -122,8 +122,8 @@ def test_quip_beats_gptq_g64_on_a_smollm2_layer():
 
 
 def test_tiny_build_records_a_seed_per_linear(tmp_path, tiny_llama):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
 
     body = "method: quip\nweights: {bits: 2}\nquip: {seed: 7}\ncalibration: {source: demo, samples: 4, seq_len: 64}"

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from conftest import write_recipe
-from factory.build import Build
-from factory.quantize import quantize
+from factory.pipeline.build import Build
+from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, run_factory, write_recipe
 from factory.cli import main
-from factory.errors import RecipeInvalid
+from factory.core.errors import RecipeInvalid
 from factory.recipe import load_recipe
 
 BROKEN = sorted((Path(__file__).parent / "broken_recipes").glob("*.yaml"))

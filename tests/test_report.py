@@ -12,11 +12,11 @@ import pytest
 from conftest import REPO, run_factory
 from report_fakes import fake_build, scores_for, speed_for
 
-from factory.paper import lora_ft_rows, paper_rows
-from factory.report import build_report, cell_text, markdown
-from factory.report_plots import pareto
-from factory.report_publish import make_report, push_report
-from factory.report_sources import local
+from factory.recipe.paper import lora_ft_rows, paper_rows
+from factory.fleet.report import build_report, cell_text, markdown
+from factory.fleet.report_plots import pareto
+from factory.fleet.report_publish import make_report, push_report
+from factory.fleet.report_sources import local
 
 LLAMA = "meta-llama/Meta-Llama-3-8B"
 LLAVA = "llava-hf/llama3-llava-next-8b-hf"
@@ -165,7 +165,7 @@ def test_bad_evaluation_json_is_one_line_and_the_report_goes_on(grid, content, s
 def test_push_to_a_local_folder_once_then_unchanged(grid):
     root, recipes = grid
     hub = root / "hub"
-    from factory.hub import LocalFolder
+    from factory.core.hub import LocalFolder
 
     target = LocalFolder(hub)
     made = make_report(recipes, root, root / "report", target, log=lambda line: None)
@@ -198,8 +198,8 @@ def test_push_refuses_a_repo_that_holds_a_build(grid):
 def test_from_hub_reads_only_small_files(grid):
     """Publish the fake builds' small files as a local folder target holds them, then read them back."""
     root, recipes = grid
-    from factory.hub import LocalFolder
-    from factory.report_sources import from_target
+    from factory.core.hub import LocalFolder
+    from factory.fleet.report_sources import from_target
 
     hub = root / "hub"
     for build_dir, repo in ((root / "builds/gptq-4bit/meta-llama--Meta-Llama-3-8B", "local/Meta-Llama-3-8B-gptq-4bit"),
@@ -225,9 +225,9 @@ def test_card_links_the_report_and_collection_and_quotes_the_reports_paper_row(e
                                                                                monkeypatch):
     """The tiny build's card, with publish.report set and the tiny model standing in for LLaMA-3-8B (so the
     paper has a row): the links, and a 'this build' row whose cells are the report's cells."""
-    from factory import paper
-    from factory.build import Build
-    from factory.card import card
+    from factory.recipe import paper
+    from factory.pipeline.build import Build
+    from factory.stages.card import card
     from factory.recipe import load_recipe
 
     work, recipe_path = evaluated_build
@@ -245,10 +245,10 @@ def test_card_links_the_report_and_collection_and_quotes_the_reports_paper_row(e
     scores_file.write_text(json.dumps(scores))
     # the recipe's RTN W4A16-g32 has no paper row; the paper's RTN 4-bit g128 does: read the row for g128
     monkeypatch.setattr(paper, "paper_rows", lambda m, n, b, g, _rows=paper.paper_rows: _rows(m, n, b, 128))
-    import factory.report as report_module
+    import factory.fleet.report as report_module
 
     monkeypatch.setattr(report_module, "paper_rows", paper.paper_rows)
-    import factory.card as card_module
+    import factory.stages.card as card_module
 
     monkeypatch.setattr(card_module, "paper_rows", paper.paper_rows)
     text = (card(build, "tester/tiny-rtn-4bit").output / "README.md").read_text()

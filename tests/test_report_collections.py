@@ -13,8 +13,8 @@ from conftest import REPO, run_factory
 from hub_server import patch_hf_client
 from report_fakes import fake_build, scores_for
 
-from factory.hub_collections import TITLE_MAX, sync_all, title_for
-from factory.report_publish import make_report, publish
+from factory.fleet.hub_collections import TITLE_MAX, sync_all, title_for
+from factory.fleet.report_publish import make_report, publish
 
 LLAMA = "meta-llama/Meta-Llama-3-8B"
 RECIPES = REPO / "recipes"
@@ -52,7 +52,7 @@ def _folder_put(hub: Path):
 
 
 def test_local_folder_collection_second_run_removed_build_changed_note(tmp_path):
-    from factory.hub import LocalFolder
+    from factory.core.hub import LocalFolder
 
     recipes = _builds(tmp_path)
     hub = tmp_path / "hub"
@@ -96,13 +96,13 @@ def test_local_folder_collection_second_run_removed_build_changed_note(tmp_path)
 
 
 def test_title_over_the_limit_is_one_line_and_changes_nothing(tmp_path):
-    from factory.hub import LocalFolder
+    from factory.core.hub import LocalFolder
 
     long_model = "org/" + "x" * TITLE_MAX
     builds = make_report(_builds(tmp_path), tmp_path, tmp_path / "report", log=lambda line: None).found.builds
     builds[0].model = long_model
     builds[0].repo_id = "local/Meta-Llama-3-8B-gptq-4bit"
-    from factory.errors import UserError
+    from factory.core.errors import UserError
 
     with pytest.raises(UserError, match="over the 60"):
         sync_all(LocalFolder(tmp_path / "hub"), builds, None)
@@ -130,7 +130,7 @@ def on_hub(hub, monkeypatch, tmp_path):
 
 
 def test_hub_collection_second_run_removed_build_and_409(hub, on_hub, tmp_path):
-    from factory.hub import Hub
+    from factory.core.hub import Hub
 
     api, namespace, recipes, put = on_hub
     target = Hub()
@@ -170,7 +170,7 @@ def test_hub_collection_second_run_removed_build_and_409(hub, on_hub, tmp_path):
     # adding an item that is already there: the Hub answers 409; the factory's call (exists_ok) takes it
     from huggingface_hub.errors import HfHubHTTPError
 
-    from factory.hub_collections import HubCollections
+    from factory.fleet.hub_collections import HubCollections
 
     with pytest.raises(HfHubHTTPError) as raised:
         api.add_collection_item(after["slug"], report, "model")

@@ -15,7 +15,7 @@ from conftest import REPO, run_factory, write_recipe
 # SIGKILLs itself at a chosen point: no cleanup handler runs, exactly as with `kill -9`.
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    import factory.build as build
+    import factory.pipeline.build as build
     from factory.methods.llmcompressor_base import LLMCompressorMethod as engine
     point = os.environ["KILL_AT"]
 
@@ -74,8 +74,8 @@ def test_killed_run_is_not_taken_as_done_and_resumes(kill_at, tmp_path, tiny_lla
 
 
 def test_failed_engine_leaves_nothing_in_place(tmp_path, tiny_llama, monkeypatch):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
     from factory.methods.llmcompressor_base import LLMCompressorMethod
 

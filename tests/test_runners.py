@@ -1,11 +1,11 @@
-"""Runner labels from a model's size (factory.runners): the tiers, their JSON, the sizes."""
+"""Runner labels from a model's size (factory.fleet.runners): the tiers, their JSON, the sizes."""
 
 from __future__ import annotations
 
 import pytest
 
-from factory.errors import UserError
-from factory.runners import params_from_config, params_from_id, runner_for, tiers
+from factory.core.errors import UserError
+from factory.fleet.runners import params_from_config, params_from_id, runner_for, tiers
 
 LLAMA3_70B = dict(hidden_size=8192, num_hidden_layers=80, intermediate_size=28672, vocab_size=128256,
                   num_attention_heads=64, num_key_value_heads=8)

@@ -1,4 +1,4 @@
-"""factory.safe_yaml: hostile recipe files are refused quickly, normal ones load as yaml.safe_load does."""
+"""factory.core.safe_yaml: hostile recipe files are refused quickly, normal ones load as yaml.safe_load does."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.safe_yaml import (MAX_BYTES, MAX_DEPTH, MAX_NODES, YamlRejected, load_yaml_document,
+from factory.core.safe_yaml import (MAX_BYTES, MAX_DEPTH, MAX_NODES, YamlRejected, load_yaml_document,
                                read_recipe_text)
 
 TESTS = Path(__file__).parent
@@ -144,7 +144,7 @@ def test_nesting_up_to_the_bound_is_accepted():
 
 
 def test_too_many_nodes(monkeypatch):
-    monkeypatch.setattr("factory.safe_yaml.MAX_NODES", 1_000)  # the real bound takes ~3 s of parsing
+    monkeypatch.setattr("factory.core.safe_yaml.MAX_NODES", 1_000)  # the real bound takes ~3 s of parsing
     load_yaml_document("[" + "1, " * 998 + "1]")  # 1,000 nodes, the list included
     exc = rejected("a: 1\nb: [" + "1, " * 999 + "1]")
     assert (exc.line, exc.message) == (2, "more than 1000 YAML nodes")
@@ -156,7 +156,7 @@ def test_large_file_is_refused_without_reading_it(tmp_path, monkeypatch):
     with open(path, "wb") as f:
         f.write(b"a: b\n" * (2 * 1024 * 1024 // 5 + 1))  # 2 MiB
     opened = []
-    monkeypatch.setattr("factory.safe_yaml.open", lambda *a, **k: opened.append(a), raising=False)
+    monkeypatch.setattr("factory.core.safe_yaml.open", lambda *a, **k: opened.append(a), raising=False)
     with pytest.raises(YamlRejected) as info:
         read_recipe_text(path)
     assert info.value.message == "recipe file is larger than 1 MiB" and info.value.line is None

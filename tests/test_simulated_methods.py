@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
-from factory.build import Build
-from factory.quantize import quantize
+from factory.pipeline.build import Build
+from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 4, seq_len: 64}"
@@ -27,7 +27,7 @@ def test_simulated_build_reloads_and_keeps_few_values(name, tmp_path, tiny_llama
     build = Build(recipe, recipe.models[0], tmp_path)
     result = quantize(build)
     record = result.record
-    assert record.format == "simulated" and record.engine == "factory.lowbit"
+    assert record.format == "simulated" and record.engine == "factory.engines.lowbit"
     assert record.quantized_linears == 2 * 7  # every decoder linear of both layers, lm_head untouched
     assert 1.0 <= record.paper_bits <= 2.2 and record.effective_bits > record.paper_bits
     assert "method_code" in build.fingerprint_inputs  # our own code shapes the weights
@@ -92,8 +92,8 @@ def test_validate_says_simulated(tmp_path):
 
 
 def test_card_says_simulated_first(tmp_path, tiny_llama):
-    from factory.hub import LocalFolder, card_metadata
-    from factory.publish import publish
+    from factory.core.hub import LocalFolder, card_metadata
+    from factory.pipeline.publish import publish
 
     recipe = load_recipe(write_recipe(tmp_path, f"""
         name: billm-card

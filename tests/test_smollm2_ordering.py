@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from conftest import DATA, REPO, write_recipe
-from factory.build import Build
-from factory.evaluate.perplexity import perplexity
-from factory.models import fetch_base
-from factory.quantize import quantize
+from factory.pipeline.build import Build
+from factory.stages.evaluate.perplexity import perplexity
+from factory.engines.base_models import fetch_base
+from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
 
 pytestmark = pytest.mark.slow

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import local_model_recipe
-from factory.build import Build
-from factory.methods.registry import get_method
-from factory.quantize import quantize
+from factory.pipeline.build import Build
+from factory.registry import get_method
+from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 4, seq_len: 64}"

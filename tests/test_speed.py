@@ -1,4 +1,4 @@
-"""The speed stage (factory.speed) on tiny random models, CPU and offline: the transformers runtime,
+"""The speed stage (factory.stages.speed) on tiny random models, CPU and offline: the transformers runtime,
 the base model's figures cached once per machine, the card's table, and the runtimes that are not
 installed here refused in one line."""
 
@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import local_model_recipe, run_factory
-from factory.build import Build
+from factory.pipeline.build import Build
 from factory.recipe import load_recipe
 
 SPEED = "  speed: {batch_sizes: [1, 2], prompt_tokens: 16, new_tokens: 4, runtime: %s}"
@@ -57,9 +57,9 @@ def test_speed_measures_the_build_and_its_base_and_says_transformers_decompresse
 
 
 def test_bitsandbytes_stays_packed_in_transformers(tmp_path, tiny_llama):
-    from factory.artifact import Artifact
-    from factory.quantize import quantize
-    from factory.speed import run_measurement
+    from factory.pipeline.artifact import Artifact
+    from factory.stages.artifact import quantize
+    from factory.stages.speed import run_measurement
 
     recipe = load_recipe(_recipe(tmp_path, tiny_llama, body="method: int8\nweights: {bits: 8}\n", name="int8"))
     build = Build(recipe, recipe.models[0], tmp_path / "work")
@@ -101,7 +101,7 @@ def test_a_runtime_that_is_not_installed_is_one_line(tmp_path, tiny_llama, runti
 
 
 def test_speed_settings_are_validated(tmp_path, tiny_llama):
-    from factory.errors import RecipeInvalid
+    from factory.core.errors import RecipeInvalid
 
     body = GPTQ + "evaluation:\n  speed: {batch_sizes: [], new_tokens: 1, runtime: tensorrt}\n"
     with pytest.raises(RecipeInvalid) as caught:
@@ -112,8 +112,8 @@ def test_speed_settings_are_validated(tmp_path, tiny_llama):
 
 
 def test_auto_picks_llama_cpp_for_gguf_only_when_installed(tmp_path, monkeypatch):
-    from factory import speed
-    from factory.artifact import Artifact
+    from factory.stages import speed
+    from factory.pipeline.artifact import Artifact
     from factory.recipe import Speed
 
     (tmp_path / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
@@ -131,7 +131,7 @@ def test_auto_picks_llama_cpp_for_gguf_only_when_installed(tmp_path, monkeypatch
 
 
 def test_placement_fits_a_70b_evaluation_to_the_runner():
-    from factory.evaluate.placement import choose
+    from factory.stages.evaluate.placement import choose
 
     gb = 10**9
     dense_70b = 141 * gb  # LLaMA-3-70B in bf16: what transformers holds, whatever the file's bit width
@@ -149,7 +149,7 @@ def test_placement_fits_a_70b_evaluation_to_the_runner():
 def test_dense_bytes_scales_a_packed_checkpoint_to_what_transformers_holds(tmp_path):
     import json as _json
 
-    from factory.evaluate.placement import dense_bytes
+    from factory.stages.evaluate.placement import dense_bytes
 
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
     (tmp_path / "config.json").write_text(_json.dumps({"quantization_config": {
@@ -158,9 +158,10 @@ def test_dense_bytes_scales_a_packed_checkpoint_to_what_transformers_holds(tmp_p
 
 
 def test_llava_next_speed_runs_text_only_prompts(tmp_path, tiny_llava):
-    from factory.artifact import Artifact
+    from factory.pipeline.artifact import Artifact
     from factory.recipe import Speed
-    from factory.speed import _token_ids, run_measurement
+    from factory.stages.speed import run_measurement
+    from factory.stages.speed.worker import _token_ids
 
     assert (_token_ids(64, 4, 200) == 20).any() and not (_token_ids(64, 4, 200, avoid=20) == 20).any()
     measured = run_measurement("transformers", "llava-next", Artifact("checkpoint", tiny_llava),

@@ -173,7 +173,7 @@ def test_build_job_fans_out_over_the_plan(rebuild):
     matrix = build["strategy"]["matrix"]
     assert isinstance(matrix, str) and re.fullmatch(r"\$\{\{\s*fromJSON\(needs\.plan\.outputs\.matrix\)\s*\}\}", matrix)
     assert build["strategy"]["fail-fast"] is False
-    # the labels come with each entry, chosen by `factory plan` from the model's size (factory.runners)
+    # the labels come with each entry, chosen by `factory plan` from the model's size (factory.fleet.runners)
     assert re.fullmatch(r"\$\{\{\s*matrix\.runner\s*\}\}", build["runs-on"])
     plan_step = next(s for s in rebuild["jobs"]["plan"]["steps"] if s.get("id") == "plan")
     assert plan_step["env"]["FACTORY_RUNNER_LABELS"] == "${{ vars.FACTORY_RUNNER_LABELS }}"

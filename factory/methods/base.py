@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel
 
+from factory.core.code_digest import code_digest
+
 if TYPE_CHECKING:
     from factory.recipe import Recipe, Settings
 
@@ -116,14 +118,12 @@ class QuantMethod:
         return self.needs_calibration
 
     # The factory's own modules that compute the output (dotted names); their code enters the build
-    # fingerprint (factory.fingerprint.code_digest). Empty: a library does the work, and its version
+    # fingerprint (factory.core.code_digest). Empty: a library does the work, and its version
     # is fingerprinted instead.
     engine_modules: tuple[str, ...] = ()
 
     def code_digest(self) -> str | None:
         """A digest of the factory's own code that shapes the output (None: no such code)."""
-        from factory.fingerprint import code_digest
-
         return code_digest(self.engine_modules) if self.engine_modules else None
 
     def paper_bits_label(self, settings: "Settings") -> str:
@@ -132,7 +132,7 @@ class QuantMethod:
 
     def effective_bits(self, settings: "Settings", record) -> tuple[float | None, str]:
         """Storage bits per quantized weight, scales and kept weights included, and where the figure comes
-        from: "counted" when the build's manifest counted it (factory.lowbit methods record `effective_bits`),
+        from: "counted" when the build's manifest counted it (factory.engines.lowbit methods record `effective_bits`),
         else "nominal": the bits plus one 16-bit scale per group (and a `bits`-wide zero point when asymmetric).
         A method whose format stores more (or less) per group overrides this."""
         counted = record.get("effective_bits") if record is not None else None

@@ -1,6 +1,6 @@
 """BiLLM (Huang et al. 2024): residual binarization of salient columns, a bell-shaped split of the
 rest into two binarized groups, block-wise error compensation; about 1.1 bits per weight by the
-paper's count. Simulated output (factory/lowbit/billm.py)."""
+paper's count. Simulated output (factory/engines/lowbit/billm.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class BiLLM(SimulatedMethod):
     summary = "residual binarization of salient columns, split binarization of the rest, ~1.1 bits (simulated)"
     supported_bits = (1,)
     Options = BiLLMOptions
-    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.billm",)
+    engine_modules = SimulatedMethod.engine_modules + ("factory.engines.lowbit.billm",)
 
     def scheme_label(self, settings) -> str:
         return "W1.1A16-g128-simulated"
@@ -32,7 +32,7 @@ class BiLLM(SimulatedMethod):
         return "1.1"
 
     def weight_quantizer(self, settings):
-        from factory.lowbit import billm
+        from factory.engines.lowbit import billm
 
         o = self.options(settings)
         return partial(billm.quantize_weight, block_size=128, max_salient_columns=o.max_salient_columns,

@@ -36,7 +36,7 @@ class BitsAndBytesMethod(QuantMethod):
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         import torch
 
-        from factory.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
+        from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
 
         reset_gpu_peak()
         model = model_class(settings.kind).from_pretrained(

@@ -2,7 +2,7 @@
 learnable scales per row x group, initialised to the int2 grid) trained end to end with
 Deviation-Aware Distillation from the full-precision model, on text the full-precision model
 generates (the paper's data-free setting) or on the recipe's calibration text. Simulated output:
-the trained 2-bit weights written back at full size (factory/lowbit/dbllm.py has the formulas and
+the trained 2-bit weights written back at full size (factory/engines/lowbit/dbllm.py has the formulas and
 which of them are ours).
 """
 
@@ -56,7 +56,7 @@ class DBLLM(SimulatedMethod):
     unsupported_kind_reason = "the distillation loop trains a causal LM on text"
     Options = DBLLMOptions
     # the FDB/DAD engine, the decoder-layer finder it uses, and this module's training set-up
-    engine_modules = ("factory.lowbit", "factory.lowbit.dbllm", "factory.methods.db_llm")
+    engine_modules = ("factory.engines.lowbit", "factory.engines.lowbit.dbllm", "factory.methods.db_llm")
 
     def check(self, recipe):
         out = super().check(recipe)
@@ -84,9 +84,9 @@ class DBLLM(SimulatedMethod):
 
         import torch
 
-        from factory.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
+        from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
                                      reset_gpu_peak, text_tokenizer)
-        from factory.lowbit import dbllm
+        from factory.engines.lowbit import dbllm
 
         o = self.options(settings)
         preprocessor = load_preprocessor(settings.kind, base_dir)
@@ -107,7 +107,7 @@ class DBLLM(SimulatedMethod):
                 special_ids=tokenizer.all_special_ids, greedy_tokens=o.greedy_tokens, pad_token_id=pad)
             data = {"data": "generated", "sequences": o.samples, "seq_len": o.seq_len}
         else:
-            from factory.calibration import calibration_windows
+            from factory.engines.calibration import calibration_windows
 
             sequences = calibration_windows(settings.calibration, tokenizer, recipe_dir)
             data = {"data": "calibration", "sequences": len(sequences), "seq_len": settings.calibration.seq_len,
@@ -125,7 +125,7 @@ class DBLLM(SimulatedMethod):
         student.to(checkpoint_dtype(base_dir))
         student.save_pretrained(out_dir)
         preprocessor.save_pretrained(out_dir)
-        return {"engine": "factory.lowbit.dbllm", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
+        return {"engine": "factory.engines.lowbit.dbllm", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
                 "device": device, "compute_dtype": dtype, "quantized_linears": len(fdbs),
                 "effective_bits": round(dbllm.effective_bits(group), 4), "paper_bits": 2.0,
                 "training": {**data, "steps": o.steps, "batch_size": o.batch_size,
@@ -152,6 +152,6 @@ class DBLLM(SimulatedMethod):
             note += (f" **Few steps ({o.steps}): a demonstration that the method runs end to end, not DB-LLM's "
                      "training; expect much lower quality than a full training run.**")
         facts = super().card_facts(settings)
-        return replace(facts, engine="the factory's own implementation (factory/lowbit/dbllm.py), written from the "
+        return replace(facts, engine="the factory's own implementation (factory/engines/lowbit/dbllm.py), written from the "
                                      "paper (no code was released): Flexible Dual Binarization + Deviation-Aware "
                                      "Distillation", tags=(*facts.tags, "db-llm"), data_note=note)

@@ -14,7 +14,7 @@ rounded as `llama-quantize` rounds it without an importance matrix, and the type
 Q4_K -> Q5_0); the manifest and the card count the tensor types actually written.
 With `importance: calibration` (K-quant types) auto-round's optimized RTN weighs the rounding by an
 importance matrix computed on the recipe's calibration text, and the matrix and the calibration set's
-identity are published beside the file (factory/methods/gguf_importance.py).
+identity are published beside the file (factory/engines/gguf_importance.py).
 
 Tokenizer metadata is written as llama.cpp writes it (and checked against the base tokenizer after
 writing: `gguf_vocab.check_tokenizer`; evaluation then tokenizes with the base tokenizer, since
@@ -147,7 +147,7 @@ class GGUF(QuantMethod):
 
     # The factory's code that writes the tokenizer metadata and the importance data enters the
     # fingerprint (not this module's card text).
-    engine_modules = ("factory.methods.gguf_vocab", "factory.methods.gguf_importance")
+    engine_modules = ("factory.engines.gguf_vocab", "factory.engines.gguf_importance")
 
     # ------------------------------------------------------------ build
 
@@ -155,7 +155,7 @@ class GGUF(QuantMethod):
         import torch
         from auto_round import AutoRound
 
-        from factory.loading import compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
+        from factory.engines.loading import compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
 
         gguf_type = self.gguf_type(settings)
         scheme = f"gguf:{gguf_type.lower()}"
@@ -165,14 +165,14 @@ class GGUF(QuantMethod):
         tokenizer = load_preprocessor(settings.kind, base_dir)
         model = model_class(settings.kind).from_pretrained(base_dir, dtype=dtype)
         staging = out_dir / ".auto-round"
-        from factory.methods.gguf_vocab import llama_cpp_vocab
+        from factory.engines.gguf_vocab import llama_cpp_vocab
 
         from factory.methods import gguf_importance
 
         importance = self.uses_calibration(self.options(settings))
         rounding, windows = dict(iters=0, disable_opt_rtn=True), None
         if importance:
-            from factory.calibration import calibration_windows
+            from factory.engines.calibration import calibration_windows
 
             windows = calibration_windows(settings.calibration, tokenizer, recipe_dir)
             rounding = gguf_importance.rounder_kwargs(windows)
@@ -190,7 +190,7 @@ class GGUF(QuantMethod):
             facts["importance"] = _publish_importance(out_dir, target, gguf_type, sums, settings, recipe_dir, windows)
         if facts["file_type"] != gguf_type:
             raise RuntimeError(f"the GGUF says file type {facts['file_type']}, not {gguf_type}")
-        from factory.methods.gguf_vocab import check_tokenizer
+        from factory.engines.gguf_vocab import check_tokenizer
 
         facts["tokenizer_check"] = check_tokenizer(target, base_dir)
         # llama.cpp and Ollama format chat prompts with the file's own template: it must be the base's
@@ -199,7 +199,7 @@ class GGUF(QuantMethod):
             raise RuntimeError(f"{target.name} does not carry the base model's chat template "
                                f"(tokenizer.chat_template {'differs' if template else 'is missing'})")
         facts["chat_template"] = bool(template)
-        from factory.llama_cpp import check_loads
+        from factory.engines.llama_cpp import check_loads
 
         check_loads(target)  # the runtime users run must load it: else one line with llama.cpp's reason
         return {"engine": "auto-round GGUF export (llama.cpp conversion)", "format": self.output_format,
@@ -225,7 +225,7 @@ class GGUF(QuantMethod):
             f"llama-server -hf {{repo_id}}:{gguf_type}\n"
             f"ollama run hf.co/{{repo_id}}:{gguf_type}\n"
             "```")
-        from factory.methods.gguf_importance import MEASURED
+        from factory.engines.gguf_importance import MEASURED
 
         importance = self.uses_calibration(self.options(settings))
         rounding = ("K-quant rounding weighted by an importance matrix from calibration data" if importance
@@ -270,7 +270,7 @@ def write_unquantized(base_dir: Path, target: Path, ftype: str = "F16") -> Path:
     import gguf
     from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
 
-    from factory.methods.gguf_vocab import llama_cpp_vocab
+    from factory.engines.gguf_vocab import llama_cpp_vocab
 
     file_types = {"F16": gguf.LlamaFileType.MOSTLY_F16, "BF16": gguf.LlamaFileType.MOSTLY_BF16}
     with llama_cpp_vocab(base_dir):
@@ -292,7 +292,7 @@ def chat_template_of(path: Path) -> str | None:
     """The chat template a GGUF carries (`tokenizer.chat_template`), as llama.cpp and Ollama read it."""
     from gguf import GGUFReader
 
-    from factory.methods.gguf_vocab import field_value
+    from factory.engines.gguf_vocab import field_value
 
     return field_value(GGUFReader(path), "tokenizer.chat_template")
 
@@ -303,7 +303,7 @@ def describe_gguf(path: Path) -> dict:
 
     from gguf import GGUFReader, LlamaFileType
 
-    from factory.methods.gguf_vocab import field_value
+    from factory.engines.gguf_vocab import field_value
 
     reader = GGUFReader(path)
 

@@ -1,7 +1,7 @@
 """IR-QLoRA (Qin et al. 2024, "Accurate LoRA-Finetuning Quantization of LLMs via Information Retention",
 ICML 2024, arXiv:2402.05445), written from the paper: the base is quantized with Information
-Calibration Quantization (factory.finetune.icq: NF4 with a per-block entropy-maximising shift) and
-the adapter is LoRA with Information Elastic Connections (factory.finetune.iec).
+Calibration Quantization (factory.engines.lora.icq: NF4 with a per-block entropy-maximising shift) and
+the adapter is LoRA with Information Elastic Connections (factory.engines.lora.iec).
 
 Neither bitsandbytes nor peft has ICQ's per-block shift or IEC's connections, so what is published
 is what plain transformers loads exactly: the adapter merged into the ICQ-dequantized base
@@ -27,11 +27,11 @@ class IRQLoRA(LoRAMethod):
     artifact_kind = "checkpoint"
     libraries = ("accelerate",)
 
-    engine_modules = LoRAMethod.engine_modules + ("factory.finetune.icq", "factory.finetune.iec")  # ICQ and IEC are ours
+    engine_modules = LoRAMethod.engine_modules + ("factory.engines.lora.icq", "factory.engines.lora.iec")  # ICQ and IEC are ours
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         return CardFacts(
-            engine="the factory's IR-QLoRA (ICQ base + IEC LoRA, factory/finetune/icq.py, iec.py), "
+            engine="the factory's IR-QLoRA (ICQ base + IEC LoRA, factory/engines/lora/icq.py, iec.py), "
                    "trained with transformers' Trainer",
             format="a dense checkpoint: the elastic LoRA adapter merged exactly into the ICQ-dequantized base "
                    "(simulated 4-bit: full size, no memory saving)",

@@ -52,8 +52,8 @@ class LLMCompressorMethod(QuantMethod):
         from datasets import Dataset
         from llmcompressor import oneshot
 
-        from factory.calibration import calibration_windows
-        from factory.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak,
+        from factory.engines.calibration import calibration_windows
+        from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak,
                                      text_tokenizer)
 
         preprocessor = load_preprocessor(settings.kind, base_dir)
@@ -85,7 +85,7 @@ class LLMCompressorMethod(QuantMethod):
         import torch
         from llmcompressor.entrypoints.model_free import model_free_ptq
 
-        from factory.loading import checkpoint_dtype, peak_gpu_mb, reset_gpu_peak
+        from factory.engines.loading import checkpoint_dtype, peak_gpu_mb, reset_gpu_peak
 
         quant = self.quantization_scheme(settings)
         (scheme,) = quant["config_groups"].values()

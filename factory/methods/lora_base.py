@@ -1,5 +1,5 @@
 """LoRA fine-tuning methods (QLoRA, IR-QLoRA): their artifact is made by the finetune stage
-(factory/finetune/stage.py), not by quantization alone.
+(factory/stages/finetune.py), not by quantization alone.
 
 The recipe's `finetune:` block (factory.recipe.FineTune) holds the training settings; the method
 says how the 4-bit base is made, how the adapter is attached and what is published.
@@ -33,7 +33,7 @@ class LoRAMethod(QuantMethod):
         return out
 
     # The stage's own code (prompt template, loss mask, training setup) shapes the adapter.
-    engine_modules: tuple[str, ...] = ("factory.finetune.stage", "factory.finetune.data")
+    engine_modules: tuple[str, ...] = ("factory.stages.finetune", "factory.engines.lora.data")
 
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         raise NotImplementedError(f"{self.name} builds with the finetune stage (factory finetune)")
@@ -44,6 +44,6 @@ class LoRAMethod(QuantMethod):
 
     def train(self, base_dir: Path, settings: "Settings", records: list[dict], out_dir: Path, work_dir: Path,
               log=print) -> dict:
-        from factory.finetune.stage import train
+        from factory.stages.finetune import train
 
         return train(self, base_dir, settings, records, out_dir, work_dir, log)

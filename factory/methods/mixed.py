@@ -86,7 +86,7 @@ class Mixed(LLMCompressorMethod):
                         out.append((("mixed", "groups", g, "targets", t), f"not a valid regex: {exc}"))
         if out:
             return out
-        from factory.models import local_linear_layers
+        from factory.engines.base_models import local_linear_layers
 
         base_dir = recipe.source_path.parent if recipe.source_path else None
         groups = [g.model_dump() for g in options.groups]
@@ -135,7 +135,7 @@ class Mixed(LLMCompressorMethod):
         from factory.recipe import ModelEntry
 
         figures = super().quantize(base_dir, settings, out_dir, recipe_dir)
-        from factory.models import local_linear_layers
+        from factory.engines.base_models import local_linear_layers
 
         layers = local_linear_layers(ModelEntry(id="local/base", source="local", path=str(out_dir), kind=settings.kind),
                                      out_dir.parent) or {}

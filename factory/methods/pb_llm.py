@@ -2,7 +2,7 @@
 
 A salient fraction of the weights (by Hessian salience) stays at `salient_bits`, the rest is
 binarized; average bits = 1 + fraction x (salient_bits - 1): 0.1 -> the paper's 1.7-bit row,
-1/7 -> its 2-bit row. Simulated output (factory/lowbit/pbllm.py).
+1/7 -> its 2-bit row. Simulated output (factory/engines/lowbit/pbllm.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class PBLLM(SimulatedMethod):
     # the average itself follows salient_fraction
     supported_bits = (2,)
     Options = PBLLMOptions
-    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.pbllm",)
+    engine_modules = SimulatedMethod.engine_modules + ("factory.engines.lowbit.pbllm",)
 
     def check(self, recipe):
         out = super().check(recipe)
@@ -50,7 +50,7 @@ class PBLLM(SimulatedMethod):
         return f"{round(self.paper_bits(settings), 1):g}"
 
     def weight_quantizer(self, settings):
-        from factory.lowbit import pbllm
+        from factory.engines.lowbit import pbllm
 
         o = self.options(settings)
         return partial(pbllm.quantize_weight, salient_fraction=o.salient_fraction, salient_bits=o.salient_bits,

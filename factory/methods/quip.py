@@ -1,6 +1,6 @@
 """QuIP (Chee et al. 2023): diagonal rescale, seeded two-sided incoherence rotations, one
 per-matrix grid of 2^b levels with no zero, LDLQ (= GPTQ) rounding, then un-rotation. Simulated
-output (factory/lowbit/quip.py): the un-rotated dequantized weights at full size, as the paper
+output (factory/engines/lowbit/quip.py): the un-rotated dequantized weights at full size, as the paper
 evaluates QuIP. The packed rotation+GPTQ build that transformers and vLLM load is `spinquant-gptq`.
 """
 
@@ -30,13 +30,13 @@ class QuIP(SimulatedMethod):
     fixed_group_size = (PER_CHANNEL, "quip has no groups: one scale per weight matrix (2.4 x RMS after the "
                                      "rotations); remove group_size or write per-channel")
     Options = QuIPOptions
-    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.quip",)
+    engine_modules = SimulatedMethod.engine_modules + ("factory.engines.lowbit.quip",)
 
     def scheme_label(self, settings) -> str:
         return f"W{settings.bits}A16-simulated"
 
     def weight_quantizer(self, settings):
-        from factory.lowbit.quip import SeededQuantizer
+        from factory.engines.lowbit.quip import SeededQuantizer
 
         o = self.options(settings)
         return SeededQuantizer(o.seed, bits=settings.bits, dampening_frac=o.dampening_frac, block_size=128)

@@ -1,9 +1,9 @@
-"""Methods the factory implements itself (factory/lowbit/), written back as simulated quantization.
+"""Methods the factory implements itself (factory/engines/lowbit/), written back as simulated quantization.
 
 No maintained library or runtime kernel exists for PB-LLM, BiLLM or SliM-LLM, so, as in their
 papers and the paper's released checkpoints, the output holds the dequantized weights in the
 checkpoint's dtype at full size: it shows the quality of the method, not its memory saving.
-The model is calibrated decoder layer by decoder layer (factory.lowbit.quantize_model_layers).
+The model is calibrated decoder layer by decoder layer (factory.engines.lowbit.quantize_model_layers).
 """
 
 from __future__ import annotations
@@ -29,25 +29,25 @@ class SimulatedMethod(QuantMethod):
     fixed_group_size = (128, "the paper's setting: blocks of 128 columns")
     default_symmetric = None
     # Our own numerical code shapes the weights: the layer-by-layer driver and the shared GPTQ loop,
-    # plus each method's own engine module (a subclass adds it). A new module under factory/lowbit/
+    # plus each method's own engine module (a subclass adds it). A new module under factory/engines/lowbit/
     # changes no other method's fingerprint.
-    engine_modules: tuple[str, ...] = ("factory.lowbit", "factory.lowbit.hessian")
+    engine_modules: tuple[str, ...] = ("factory.engines.lowbit", "factory.engines.lowbit.hessian")
 
     def weight_quantizer(self, settings: "Settings"):
-        """(weight, hessian) -> factory.lowbit QuantResult, with the recipe's options bound."""
+        """(weight, hessian) -> factory.engines.lowbit QuantResult, with the recipe's options bound."""
         raise NotImplementedError
 
     def manifest_figures(self, linears) -> dict:
-        """Method-specific figures for the manifest from the per-linear reports (factory.lowbit.LinearReport)."""
+        """Method-specific figures for the manifest from the per-linear reports (factory.engines.lowbit.LinearReport)."""
         return {}
 
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         import torch
 
-        from factory.calibration import calibration_windows
-        from factory.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
+        from factory.engines.calibration import calibration_windows
+        from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
                                      reset_gpu_peak, text_tokenizer)
-        from factory.lowbit import quantize_model_layers, weighted_bits
+        from factory.engines.lowbit import quantize_model_layers, weighted_bits
 
         preprocessor = load_preprocessor(settings.kind, base_dir)
         windows = calibration_windows(settings.calibration, text_tokenizer(preprocessor), recipe_dir)
@@ -62,7 +62,7 @@ class SimulatedMethod(QuantMethod):
         model.to(checkpoint_dtype(base_dir))
         model.save_pretrained(out_dir)
         preprocessor.save_pretrained(out_dir)
-        return {"engine": "factory.lowbit", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
+        return {"engine": "factory.engines.lowbit", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
                 "device": device, "compute_dtype": dtype, "quantized_linears": len(linears),
                 "effective_bits": round(weighted_bits(linears, "effective_bits"), 4),
                 "paper_bits": round(weighted_bits(linears, "paper_bits"), 4), **self.manifest_figures(linears)}

@@ -1,6 +1,6 @@
 """SliM-LLM (Huang et al. 2024): salience-driven mixed precision per group of 128 columns
 (bits-1, bits, bits+1, averaging exactly `bits`) with GPTQ. Simulated output
-(factory/lowbit/slim_llm.py)."""
+(factory/engines/lowbit/slim_llm.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class SliMLLM(SimulatedMethod):
     # each group takes bits-1, bits or bits+1 within 1..8, so an average of 2 to 7 is reachable
     supported_bits = (2, 3, 4, 5, 6, 7)
     Options = SliMLLMOptions
-    engine_modules = SimulatedMethod.engine_modules + ("factory.lowbit.slim_llm",)
+    engine_modules = SimulatedMethod.engine_modules + ("factory.engines.lowbit.slim_llm",)
 
     def check(self, recipe):
         out = [p for p in super().check(recipe) if p[0] != ("weights", "bits")]
@@ -38,7 +38,7 @@ class SliMLLM(SimulatedMethod):
         return f"W{settings.bits}A16-g128-mixed-simulated"
 
     def weight_quantizer(self, settings):
-        from factory.lowbit import slim_llm
+        from factory.engines.lowbit import slim_llm
 
         o = self.options(settings)
         return partial(slim_llm.quantize_weight, target_bits=settings.bits, group_size=128,

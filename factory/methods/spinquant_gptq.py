@@ -2,7 +2,7 @@
 
 SpinQuant-style R1/R2 random Hadamard rotations folded into the weights, then GPTQ with the usual
 per-channel (or per-group) symmetric integer grid. It is not QuIP (Chee et al. 2023; the `quip`
-method, factory/lowbit/quip.py): QuIP rotates both sides of every linear (down_proj's input
+method, factory/engines/lowbit/quip.py): QuIP rotates both sides of every linear (down_proj's input
 included), rescales diagonally first and rounds on one per-matrix grid of 2^b levels with no zero;
 here down_proj's input is never rotated and the grid is the abs-max one, where at 2 bits most
 rotated (near-Gaussian) weights round to zero. Its virtue is the file: packed compressed-tensors
