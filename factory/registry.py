@@ -1,4 +1,4 @@
-"""The method registry: a recipe's `method:` name -> the class that implements it.
+"""The registries: a recipe's `method:` name -> the class that implements it; a stage's name -> its class.
 
 Entries are `"module:Class"` strings, imported on first use, so that `validate` and `plan` load a
 method's module (its options and checks) without importing torch: method modules import their
@@ -84,3 +84,65 @@ def get_method(name: str):
 
 def all_methods() -> list:
     return [get_method(name) for name in _entries]
+
+
+# ---------------------------------------------------------------- stages
+
+# The pipeline's stages (factory.pipeline.stage.Stage), imported on first use. Adding a stage = one
+# module + one line here (+ its place in PIPELINE if `publish` runs it).
+STAGES: dict[str, str] = {
+    "artifact": "factory.stages.artifact:ArtifactStage",
+    "evaluate": "factory.stages.evaluate:EvaluateStage",
+    "speed": "factory.stages.speed:SpeedStage",
+    "card": "factory.stages.card:CardStage",
+    "push": "factory.stages.push:PushStage",
+}
+PIPELINE: tuple[str, ...] = ("artifact", "evaluate", "speed", "card", "push")  # what `publish` runs, in order
+
+
+def register_stage(name: str, target, publish_after: str | None = None) -> None:
+    """Add a stage (`"module:Class"` or the class); `publish_after`: run it in `publish` after that stage."""
+    global PIPELINE
+    STAGES[name] = target
+    if publish_after is not None:
+        at = PIPELINE.index(publish_after) + 1
+        PIPELINE = PIPELINE[:at] + (name,) + PIPELINE[at:]
+    get_stage.cache_clear()
+
+
+def unregister_stage(name: str) -> None:
+    global PIPELINE
+    STAGES.pop(name, None)
+    PIPELINE = tuple(s for s in PIPELINE if s != name)
+    get_stage.cache_clear()
+
+
+@functools.cache
+def get_stage(name: str):
+    """The stage instance registered under `name`."""
+    target = STAGES.get(name)
+    if target is None:
+        raise UserError(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    return target()
+
+
+def stage_named(name: str):
+    """The stage registered as `name`, or whose verb it is (quantize, finetune: the artifact stage)."""
+    if name in STAGES:
+        return get_stage(name)
+    for stage in all_stages():
+        if name in stage.commands():
+            return stage
+    raise UserError(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
+
+
+def all_stages() -> list:
+    return [get_stage(name) for name in STAGES]
+
+
+def pipeline() -> list:
+    """The stages `publish` runs, in order."""
+    return [get_stage(name) for name in PIPELINE]

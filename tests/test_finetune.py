@@ -159,7 +159,7 @@ def test_quantize_and_finetune_commands_refuse_the_other_kind(tmp_path, tiny_lla
 
 def test_alpaca_prompt_and_loss_mask(tiny_tokenizer):
     from factory.engines.lora.data import PROMPT_INPUT, prompt
-    from factory.stages.finetune import encode
+    from factory.engines.lora.train import encode
 
     record = {"instruction": "Add the two numbers.", "input": "2 and 3", "output": "5"}
     assert prompt(record) == PROMPT_INPUT.format(instruction="Add the two numbers.", input="2 and 3")
@@ -208,7 +208,7 @@ def test_qlora_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama)
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert not (build / "model").exists()
     assert json.loads((build / "manifest.json").read_text())["stages"]["finetune"]["status"] == "running"
-    assert [p.name for p in (build / ".finetune-work").glob("*/checkpoint-*")] == ["checkpoint-2"]
+    assert [p.name for p in (build / ".work").glob("*/checkpoint-*")] == ["checkpoint-2"]
 
     resumed = run_factory("finetune", str(recipe), "--workdir", str(killed_root), timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -216,7 +216,7 @@ def test_qlora_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_llama)
     assert "'loss'" in resumed.stdout + resumed.stderr and "4/4" in resumed.stderr  # progress bar, loss log
     record = json.loads((build / "manifest.json").read_text())["stages"]["finetune"]
     assert record["status"] == "done" and record["resumed_from_step"] == 2 and record["train_steps"] == 4
-    assert not (build / ".finetune-work").exists()  # checkpoints go once the stage is done
+    assert not (build / ".work").exists()  # checkpoints go once the stage is done
 
     clean = run_factory("finetune", str(recipe), "--workdir", str(clean_root), timeout=600)
     assert clean.returncode == 0, clean.stderr[-3000:]

@@ -11,7 +11,8 @@ import pytest
 from pydantic import Field
 
 from conftest import REPO, write_recipe
-from factory.cli import main, methods_table
+from factory.cli import main
+from factory.cli.commands import methods_table
 from factory.core.errors import RecipeInvalid, UserError
 from factory.methods import all_methods, get_method, method_names, register, unregister
 from factory.methods.base import CardFacts, QuantMethod

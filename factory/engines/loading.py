@@ -60,3 +60,18 @@ def checkpoint_dtype(path: Path):
     if isinstance(declared, str):
         declared = getattr(torch, declared, None)
     return declared if isinstance(declared, torch.dtype) else torch.bfloat16
+
+
+def bitsandbytes_skip_modules(ignore: list[str]) -> list[str]:
+    """transformers matches bitsandbytes skip modules as a regex from the start of the module
+    name, or as a name suffix: `re:.*vision_tower.*` -> `.*vision_tower.*`, `lm_head` stays."""
+    return [p.removeprefix("re:") for p in ignore]
+
+
+def nf4_config(compute_dtype, ignore: list[str], double_quant: bool = False):
+    """bitsandbytes NF4 as transformers loads it (the nf4 method's config; QLoRA's base adds double quantization)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=bitsandbytes_skip_modules(ignore),
+                              bnb_4bit_use_double_quant=double_quant)

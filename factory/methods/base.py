@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -37,6 +37,25 @@ class CardFacts:
     data_note: str = ""  # Markdown: what data beyond the base shaped the weights, and what it was measured to do
 
 
+def simulated_note(method: str) -> str:
+    """The console note of a method whose output is simulated quantization."""
+    return (f"{method} writes simulated quantization: the dequantized weights at full size, "
+            "as the paper evaluates it (no memory saving, no packed runtime)")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method is given to build one (recipe, model): the settings and the base on disk, not the pipeline."""
+
+    settings: "Settings"
+    model_id: str
+    model_revision: str | None
+    base_dir: Path  # the base checkpoint, a local folder
+    recipe_dir: Path  # where the recipe's relative paths start
+    work_dir: Path  # scratch that outlives a killed run (resumable training checkpoints); removed once built
+    log: Callable[[str], None] = print
+
+
 class QuantMethod:
     """Base class of every method. Subclasses set the class attributes and implement `quantize`."""
 
@@ -60,7 +79,7 @@ class QuantMethod:
     # model kinds the method can build, and why a kind is refused
     supported_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "llava-next")
     unsupported_kind_reason: ClassVar[str] = ""
-    stage: ClassVar[str] = "quantize"  # the stage that makes the build's artifact (finetune for LoRA)
+    stage: ClassVar[str] = "quantize"  # the artifact stage's verb that builds it (finetune for LoRA)
     artifact_kind: ClassVar[Literal["checkpoint", "adapter", "gguf"]] = "checkpoint"
     # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
     Options: ClassVar[type[BaseModel] | None] = None
@@ -160,13 +179,24 @@ class QuantMethod:
 
     # ------------------------------------------------------------ build
 
+    def preflight(self, ctx: BuildContext) -> None:
+        """Refuse what can only be checked with the base model on disk, before the stage starts (one line, exit 2)."""
+
+    def build(self, ctx: BuildContext, out: Path) -> dict:
+        """Write the build's artifact to `out`; return figures for the manifest (at least `engine`,
+        `format`, `device`, `peak_gpu_mb`). A quantization method implements `quantize`."""
+        return self.quantize(ctx.base_dir, ctx.settings, out, ctx.recipe_dir)
+
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
-        """Write the quantized checkpoint to `out_dir`; return figures for the manifest
-        (at least `engine`, `format`, `device`, `peak_gpu_mb`)."""
+        """Write the quantized checkpoint to `out_dir`; return figures for the manifest."""
         raise NotImplementedError
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         raise NotImplementedError
+
+    def console_note(self) -> str | None:
+        """What validate, quantize and publish say about every build of the method (None: nothing)."""
+        return None
 
     # ------------------------------------------------------------ listing
 

@@ -15,12 +15,6 @@ if TYPE_CHECKING:
     from factory.recipe import Settings
 
 
-def bitsandbytes_skip_modules(ignore: list[str]) -> list[str]:
-    """transformers matches bitsandbytes skip modules as a regex from the start of the module
-    name, or as a name suffix: `re:.*vision_tower.*` -> `.*vision_tower.*`, `lm_head` stays."""
-    return [p.removeprefix("re:") for p in ignore]
-
-
 class BitsAndBytesMethod(QuantMethod):
     output_format = "bitsandbytes"
     libraries = ("bitsandbytes",)

@@ -11,9 +11,11 @@ size. It carries the quality of the method, not its 4-bit memory saving (simulat
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.methods.base import CardFacts
+from factory.engines.loading import checkpoint_dtype, compute_dtype
+from factory.methods.base import CardFacts, simulated_note
 from factory.methods.lora_base import LoRAMethod
 
 if TYPE_CHECKING:
@@ -27,7 +29,45 @@ class IRQLoRA(LoRAMethod):
     artifact_kind = "checkpoint"
     libraries = ("accelerate",)
 
-    engine_modules = LoRAMethod.engine_modules + ("factory.engines.lora.icq", "factory.engines.lora.iec")  # ICQ and IEC are ours
+    engine_modules = LoRAMethod.engine_modules + ("factory.methods.ir_qlora", "factory.engines.lora.icq",
+                                                "factory.engines.lora.iec")  # ICQ and IEC are ours
+
+    figures = {"engine": "transformers Trainer + factory IR-QLoRA"}
+
+    def console_note(self) -> str | None:
+        return simulated_note(self.name)
+
+    def attach(self, base_dir: Path, ft) -> tuple:
+        """The targeted weights replaced by their ICQ-dequantized values and wrapped in elastic LoRA."""
+        import torch
+        from transformers import AutoModelForCausalLM, set_seed
+
+        from factory.engines.lora.iec import apply_elastic_lora  # imports torch: method modules load without it
+
+        dtype = torch.float32 if compute_dtype() == "float32" else torch.bfloat16
+        lora = ft.lora
+        model = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=dtype, device_map="auto" if torch.cuda.is_available() else None)
+        set_seed(ft.seed)
+        apply_elastic_lora(model, lora.target_modules, r=lora.r, alpha=lora.alpha, dropout=lora.dropout,
+                           quantize_base=True)
+        if ft.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+            model.enable_input_require_grads()
+        return model, dtype
+
+    def save(self, model, tokenizer, base_dir: Path, out: Path, ft, log) -> None:
+        """The elastic LoRA merged exactly into the ICQ-dequantized base, a plain checkpoint in the base's dtype."""
+        from factory.engines.lora.iec import merge_elastic_lora  # imports torch: method modules load without it
+
+        model.eval()
+        merged = merge_elastic_lora(model)
+        if ft.gradient_checkpointing:
+            model.gradient_checkpointing_disable()
+        model.config.use_cache = True
+        model.to(checkpoint_dtype(base_dir)).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        log(f"  finetune: merged {merged} elastic LoRA layers into the ICQ-dequantized base")
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         return CardFacts(

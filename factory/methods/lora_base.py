@@ -1,16 +1,19 @@
-"""LoRA fine-tuning methods (QLoRA, IR-QLoRA): their artifact is made by the finetune stage
-(factory/stages/finetune.py), not by quantization alone.
+"""LoRA fine-tuning methods (QLoRA, IR-QLoRA): the artifact stage's `finetune` verb.
 
-The recipe's `finetune:` block (factory.recipe.FineTune) holds the training settings; the method
-says how the 4-bit base is made, how the adapter is attached and what is published.
+The recipe's `finetune:` block (factory.recipe.FineTune) holds the training settings; the engine
+(factory.engines.lora.train) trains; the method says how the trainable model is made from the
+base (`attach`), how it is saved (`save`) and what is published.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.methods.base import CardFacts, Problem, QuantMethod
+from factory.engines.lora.data import alpaca_commit, describe, load_records
+from factory.engines.lora.train import check_targets, train
+from factory.methods.base import BuildContext, Problem, QuantMethod
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe, Settings
@@ -25,6 +28,7 @@ class LoRAMethod(QuantMethod):
     libraries = ("peft", "bitsandbytes", "accelerate")
     supported_kinds = ("causal-lm",)
     unsupported_kind_reason = "the fine-tuning stage trains causal LMs on Alpaca text (the paper's LoRA-FT track)"
+    base_quantization: str | None = None  # how the published adapter's base is loaded ("nf4"), if not as saved
 
     def check(self, recipe: "Recipe") -> list[Problem]:
         out = [p for p in super().check(recipe) if p[0] != ("weights", "bits")]
@@ -32,18 +36,57 @@ class LoRAMethod(QuantMethod):
             out.append((("weights", "bits"), f"{self.name} fine-tunes a 4-bit (NF4) base, not a {recipe.weights.bits}-bit one"))
         return out
 
-    # The stage's own code (prompt template, loss mask, training setup) shapes the adapter.
-    engine_modules: tuple[str, ...] = ("factory.stages.finetune", "factory.engines.lora.data")
-
-    def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
-        raise NotImplementedError(f"{self.name} builds with the finetune stage (factory finetune)")
+    # The training engine (prompt template, loss mask, training setup) and this glue shape the adapter.
+    engine_modules: tuple[str, ...] = ("factory.engines.lora.train", "factory.engines.lora.data",
+                                       "factory.methods.lora_base")
 
     def scheme_label(self, settings: "Settings") -> str:
         ft = settings.finetune
         return f"NF4-LoRA-r{ft.lora.r}" if ft is not None else "NF4-LoRA"
 
-    def train(self, base_dir: Path, settings: "Settings", records: list[dict], out_dir: Path, work_dir: Path,
-              log=print) -> dict:
-        from factory.stages.finetune import train
+    # ------------------------------------------------------------ build
 
-        return train(self, base_dir, settings, records, out_dir, work_dir, log)
+    def _records(self, ctx: BuildContext) -> tuple[list[dict], str | None]:
+        data = ctx.settings.finetune.data
+        commit = alpaca_commit(data.revision) if data.source == "alpaca" else None
+        path = ctx.recipe_dir / data.path if data.path else None
+        return load_records(data.source, path, data.samples, revision=commit), commit
+
+    def preflight(self, ctx: BuildContext) -> None:
+        """A target list that names no layer of the model, or data that does not load, stops here."""
+        check_targets(ctx.settings.finetune.lora.target_modules, ctx.base_dir, ctx.model_id)
+        self._records(ctx)
+
+    def build(self, ctx: BuildContext, out: Path) -> dict:
+        ft = ctx.settings.finetune
+        records, commit = self._records(ctx)
+        figures = train(self, ctx.base_dir, ft, records, out, ctx.work_dir, ctx.log)
+        figures["data"] = describe(ft.data.source, ft.data.path, len(records), commit)
+        if commit:
+            figures["data_commit"] = commit
+        _point_adapter_at_hub_base(out, ctx.model_id, ctx.model_revision)
+        return {**figures, "format": self.output_format, "base_quantization": self.base_quantization,
+                "compression_ratio": None}  # an adapter, or a full-size merged checkpoint: no ratio to show
+
+    @property
+    def title(self) -> str:
+        return self.paper_name or self.name
+
+    # What the engine calls (factory.engines.lora.train.AdapterRecipe).
+    figures: dict = {}  # the manifest's "engine" line
+
+    def attach(self, base_dir: Path, ft) -> tuple:
+        raise NotImplementedError
+
+    def save(self, model, tokenizer, base_dir: Path, out: Path, ft, log) -> None:
+        raise NotImplementedError
+
+
+def _point_adapter_at_hub_base(out: Path, model_id: str, revision: str | None) -> None:
+    """peft records the local base path; the published adapter names the Hub base (and its revision)."""
+    config = out / "adapter_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text())
+        data["base_model_name_or_path"] = model_id
+        data["revision"] = revision
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

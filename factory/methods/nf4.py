@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from factory.methods.bitsandbytes_base import BitsAndBytesMethod, bitsandbytes_skip_modules
+from factory.engines.loading import nf4_config
+from factory.methods.bitsandbytes_base import BitsAndBytesMethod
 
 
 class NF4(BitsAndBytesMethod):
@@ -16,11 +17,4 @@ class NF4(BitsAndBytesMethod):
     def config(self, settings):
         import torch
 
-        return self.config_for(torch.bfloat16, settings.ignore)
-
-    def config_for(self, compute_dtype, ignore: list[str]):
-        """The NF4 BitsAndBytesConfig with a given compute dtype (the LoRA methods' base reuses it)."""
-        from transformers import BitsAndBytesConfig
-
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
-                                  llm_int8_skip_modules=bitsandbytes_skip_modules(ignore))
+        return nf4_config(torch.bfloat16, settings.ignore)

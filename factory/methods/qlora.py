@@ -8,8 +8,11 @@ into the 16-bit base under merged/.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from factory.engines.loading import checkpoint_dtype, compute_dtype, nf4_config
+from factory.engines.lora.train import save_merged
 from factory.methods.base import CardFacts
 from factory.methods.lora_base import LoRAMethod
 
@@ -24,13 +27,36 @@ class QLoRA(LoRAMethod):
     output_format = "peft-adapter"
     artifact_kind = "adapter"
 
-    def bnb_config(self, compute_dtype, ignore: tuple[str, ...] = ("lm_head",)):
-        """The NF4 base: the nf4 method's BitsAndBytesConfig, with QLoRA's double quantization."""
-        from factory.methods.nf4 import NF4
+    base_quantization = "nf4"
+    engine_modules = LoRAMethod.engine_modules + ("factory.methods.qlora",)  # how the adapter is attached and saved
+    figures = {"engine": "transformers Trainer + peft"}
 
-        config = NF4().config_for(compute_dtype, ignore=list(ignore))
-        config.bnb_4bit_use_double_quant = True
-        return config
+    def attach(self, base_dir: Path, ft) -> tuple:
+        """The base loaded in NF4 (double-quantized), prepared for k-bit training, a peft LoRA adapter on it."""
+        import torch
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, set_seed
+
+        dtype = torch.float32 if compute_dtype() == "float32" else torch.bfloat16
+        lora = ft.lora
+        model = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=dtype, quantization_config=nf4_config(dtype, ["lm_head"], double_quant=True),
+            device_map="auto" if torch.cuda.is_available() else None)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=ft.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": True})
+        set_seed(ft.seed)
+        model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules), bias="none",
+                                                 task_type="CAUSAL_LM"))
+        return model, dtype
+
+    def save(self, model, tokenizer, base_dir: Path, out: Path, ft, log) -> None:
+        """The adapter alone; with `finetune.merge`, also merged into the 16-bit base under merged/."""
+        model.save_pretrained(out)
+        (out / "README.md").unlink(missing_ok=True)  # peft's stub card; the card stage writes the real one
+        tokenizer.save_pretrained(out)
+        if ft.merge:
+            save_merged(base_dir, out, out / "merged", checkpoint_dtype(base_dir), tokenizer)
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         merged = settings.finetune is not None and settings.finetune.merge

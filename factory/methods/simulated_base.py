@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.methods.base import CardFacts, QuantMethod
+from factory.methods.base import CardFacts, QuantMethod, simulated_note
 
 if TYPE_CHECKING:
     from factory.recipe import Settings
@@ -32,6 +32,9 @@ class SimulatedMethod(QuantMethod):
     # plus each method's own engine module (a subclass adds it). A new module under factory/engines/lowbit/
     # changes no other method's fingerprint.
     engine_modules: tuple[str, ...] = ("factory.engines.lowbit", "factory.engines.lowbit.hessian")
+
+    def console_note(self) -> str | None:
+        return simulated_note(self.name)
 
     def weight_quantizer(self, settings: "Settings"):
         """(weight, hessian) -> factory.engines.lowbit QuantResult, with the recipe's options bound."""

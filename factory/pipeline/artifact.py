@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from factory.engines.loading import compute_dtype, load_preprocessor, model_class, nf4_config
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -52,11 +54,8 @@ class Artifact:
             return {}
         import torch
 
-        from factory.engines.loading import compute_dtype
-        from factory.methods.qlora import QLoRA
-
         dtype = torch.float32 if compute_dtype() == "float32" else torch.bfloat16
-        return {"quantization_config": QLoRA().bnb_config(dtype)}
+        return {"quantization_config": nf4_config(dtype, ["lm_head"], double_quant=True)}
 
     def harness_model_args(self) -> dict:
         """lm-eval / lmms-eval `hf` model arguments that load this artifact.
@@ -65,8 +64,6 @@ class Artifact:
         quantization config from a checkpoint's own config only, and an adapter over it is already
         injected into that model's layers by peft."""
         if self.base_quantization == "nf4":
-            from factory.engines.loading import compute_dtype, load_preprocessor
-
             model = self.load("causal-lm", dtype=compute_dtype())
             if self.kind == "adapter":
                 model = model.base_model.model  # the transformers model, peft's LoRA layers injected
@@ -83,8 +80,6 @@ class Artifact:
     def preprocessor(self, model_kind: str):
         """The tokenizer (or processor) that comes with the artifact; for a GGUF, the base model's (see
         harness_model_args), or the file's own where the base is not known."""
-        from factory.engines.loading import load_preprocessor
-
         if self.kind == "gguf":
             if self.base_path:
                 return load_preprocessor(model_kind, self.base_path)
@@ -95,8 +90,6 @@ class Artifact:
 
     def load(self, model_kind: str, **kwargs):
         """The model, as a user would load it (base + adapter for an adapter)."""
-        from factory.engines.loading import model_class
-
         cls = model_class(model_kind)
         if self.kind == "adapter":
             from peft import PeftModel

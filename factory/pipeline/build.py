@@ -35,11 +35,12 @@ from factory.core.errors import UserError, first_line
 from factory.core.locks import hold
 from factory.core.redact import scrub
 from factory.core.safepath import segment
+from factory.pipeline.artifact import Artifact
 from factory.pipeline.fingerprint import build_inputs, digest
 from factory.pipeline.manifest import MANIFEST, GateRecord, Manifest, StageRecord
 from factory.engines.base_models import slug
 from factory.recipe import ModelEntry, Recipe, Settings
-from factory.pipeline.stage import STAGES
+from factory.registry import get_method, stage_named
 
 
 def workdir_root(cli_value: str | None = None) -> Path:
@@ -65,8 +66,6 @@ class Build:
 
     @property
     def method(self):
-        from factory.methods import get_method
-
         return get_method(self.recipe.method)
 
     @property
@@ -92,7 +91,7 @@ class Build:
         return self.dir / "model"
 
     def stage_dir(self, stage: str) -> Path:
-        return self.dir / STAGES[stage].output
+        return self.dir / stage_named(stage).output
 
     @cached_property
     def fingerprint_inputs(self) -> dict:
@@ -131,7 +130,7 @@ class Build:
     def stage_done(self, stage: str, fingerprint: str | None = None) -> bool:
         """Finished, with this fingerprint (default: the build's), and its output in place."""
         record = self.manifest().stage(stage)
-        output = STAGES[stage].output
+        output = stage_named(stage).output
         return (record is not None and record.status == "done"
                 and record.fingerprint == (fingerprint or self.fingerprint())
                 and (output is None or (self.dir / output).is_dir()))
@@ -142,7 +141,8 @@ class Build:
         return self.method.stage
 
     def require(self, stage: str, why: str = "") -> None:
-        """Raise the one-line 'run this first' error unless `stage` is finished for this build."""
+        """Raise the one-line 'run this first' error unless `stage` is finished for this build (the
+        stage runner calls it for every stage a stage needs; factory.pipeline.stage)."""
         stage = self.artifact_stage if stage == "artifact" else stage
         if stage == self.artifact_stage:
             done = self.stage_done(stage)
@@ -151,14 +151,11 @@ class Build:
             done = record is not None and record.status == "done" and self.stage_dir(stage).is_dir()
         if not done:
             recipe_arg = self.recipe.source_path or self.recipe.name
-            raise UserError(f"{self.label}: {STAGES[stage].missing}{'; ' + why if why else ''} "
+            raise UserError(f"{self.label}: {stage_named(stage).missing_for(stage)}{'; ' + why if why else ''} "
                             f"(run: factory {stage} {recipe_arg} --model {self.entry.id})")
 
-    def artifact(self):
-        """What the build produced, and how to load and upload it."""
-        from factory.pipeline.artifact import Artifact
-
-        self.require("artifact")
+    def artifact(self) -> Artifact:
+        """What the build produced, and how to load and upload it (once the artifact stage is done)."""
         record = self.manifest().stage(self.artifact_stage)
         return Artifact.from_record(self.method.artifact_kind, self.model_dir, record)
 

@@ -1,33 +1,106 @@
-"""The pipeline's stages over a build: what each needs and the folder it produces.
+"""The stage contract, and the runner that holds every stage to it.
 
-quantize | finetune -> the build's artifact (model/): a checkpoint, or a base + adapter
-evaluate            -> eval/   (needs the artifact)
-speed               -> speed/  (needs the artifact; the card shows it when it ran)
-card                -> card/   (needs the artifact and the evaluation)
-push                -> a repo on the Hub or a local folder (needs all three)
+A stage is one class (factory/stages/), registered by name in factory/registry.py (STAGES), and
+`PIPELINE` says the order `publish` runs them in. Each declares:
 
-A method says which stage makes its artifact (`QuantMethod.stage`); "artifact" below stands
-for that stage. `publish` runs them in this order.
+  name      its key in the registry and in `needs`
+  verbs     the CLI commands that run it (the artifact stage has two: quantize, finetune)
+  output    its folder under the build (None: it writes elsewhere, as push does)
+  needs     the stages whose finished output it reads; the runner refuses to start without them
+            (one line naming the command to run first), and nothing else checks
+  preflight refuses bad input before any work (a missing runtime, an unknown task, a repo name the
+            Hub would refuse), so `publish` fails in seconds, not after hours of quantization
+  run       the work, through `run_stage` (an aside folder renamed into place, crash-safe), and
+            the stage's typed result; `lines` says it on the console
+
+"artifact" in `needs` stands for the stage that makes the build's artifact (the method's verb).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from factory.pipeline.build import Build
 
 
-@dataclass(frozen=True)
+@dataclass
+class Options:
+    """What a command hands the stages it runs."""
+
+    target: Any = None  # where the build is published (factory.core.hub: the Hub or a local folder)
+    org: str | None = None
+    dry_run: bool = False
+    force: bool = False
+    verb: str | None = None  # the command that asked, where a stage has several verbs
+    log: Callable[[str], None] = print
+    repo_ids: dict = field(default_factory=dict)  # build label -> repo id, resolved once (factory.stages.push)
+
+
 class Stage:
-    name: str
-    needs: tuple[str, ...]
-    output: str | None  # folder under the build (None: it writes elsewhere)
-    missing: str  # what the build lacks when this stage has not run
+    """Base class of every stage; subclasses set the class attributes and implement `run` and `lines`."""
+
+    name: ClassVar[str]
+    verbs: ClassVar[tuple[str, ...]] = ()  # default: (name,)
+    help: ClassVar[str | dict[str, str]] = ""  # the command's help line (per verb, where it has several)
+    output: ClassVar[str | None]
+    needs: ClassVar[dict[str, str]] = {}  # {stage it reads: why, said with the "run this first" line}
+    missing: ClassVar[str | dict[str, str]]  # what the build lacks when this stage has not run (per verb)
+    # which target options its commands take: None, "read" (--to, --org), "write" (also --force,
+    # --dry-run, --summary)
+    target_options: ClassVar[str | None] = None
+
+    def commands(self) -> tuple[str, ...]:
+        return self.verbs or (self.name,)
+
+    def help_for(self, verb: str) -> str:
+        return self.help[verb] if isinstance(self.help, dict) else self.help
+
+    def missing_for(self, verb: str) -> str:
+        return self.missing[verb] if isinstance(self.missing, dict) else self.missing
+
+    def applies(self, build: "Build") -> bool:
+        """Whether `publish` runs it for this build (the speed stage: when the recipe turns it on)."""
+        return True
+
+    def preflight(self, build: "Build", options: Options) -> None:
+        """Refuse bad input before any stage of the build starts (raise UserError)."""
+
+    def run(self, build: "Build", options: Options) -> Any:
+        raise NotImplementedError
+
+    def before(self, recipe, options: Options) -> list[str]:
+        """Lines a stage command prints once per recipe, before its builds (may refuse the recipe)."""
+        return []
+
+    def header(self, build: "Build", options: Options) -> str | None:
+        """The line a stage command prints before it runs one build."""
+        return f"{options.verb or self.name} {build.recipe.name} / {build.entry.id}"
+
+    def lines(self, build: "Build", result: Any, options: Options) -> list[str]:
+        """What a stage command prints once one build is done."""
+        return []
+
+    def warnings(self, build: "Build", result: Any) -> list[str]:
+        """Lines for standard error once one build is done (a failed quality gate)."""
+        return []
+
+    def after(self, results: list) -> list[str]:
+        """Lines printed once every build of the command ran; `results` holds (build, result) pairs."""
+        return []
+
+    def published(self, build: "Build", result: Any) -> str | None:
+        """Its line in `publish`'s log."""
+        return f"  {self.name}: done"
+
+    def exit_code(self, results: list) -> int:
+        """The command's exit code once every build ran (evaluate: 1 when a quality gate failed)."""
+        return 0
 
 
-STAGES: dict[str, Stage] = {
-    "quantize": Stage("quantize", (), "model", "not quantized yet"),
-    "finetune": Stage("finetune", (), "model", "not fine-tuned yet"),
-    "evaluate": Stage("evaluate", ("artifact",), "eval", "not evaluated yet"),
-    "speed": Stage("speed", ("artifact",), "speed", "not measured for speed yet"),
-    "card": Stage("card", ("artifact", "evaluate"), "card", "no model card yet"),
-    "push": Stage("push", ("artifact", "evaluate", "card"), None, "not pushed yet"),
-}
+def run(stage: Stage, build: "Build", options: Options) -> Any:
+    """Run one stage of one build, once every stage it needs is finished (the only place `needs` is checked)."""
+    for need, why in stage.needs.items():
+        build.require(need, why)
+    return stage.run(build, options)

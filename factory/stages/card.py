@@ -24,8 +24,12 @@ from factory.core.errors import UserError
 from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.core.hub import card_metadata
 from factory.core.paths import TEMPLATES_DIR
+from factory.core.tables import num, text_table
 from factory.pipeline.manifest import MANIFEST, Manifest
+from factory.pipeline.stage import Options, Stage
+from factory.stages.push import repo_for
 from factory.engines.base_models import slug
+from factory.engines.lora.train import LOSS_PNG
 from factory.recipe.paper import CITATION, lora_ft_rows, paper_rows
 from factory.recipe import PER_CHANNEL
 from factory.recipe.tasks import display_name
@@ -55,13 +59,10 @@ class Sibling:
 
 # The Hub's base_model_relation: a LoRA adapter, or a fine-tuned (merged) checkpoint, or a quantization.
 RELATION = {(True, "adapter"): "adapter", (True, "checkpoint"): "finetune"}
-LOSS_PNG = "training_loss.png"
 
 
 def card(build: Build, repo_id: str) -> StageResult:
     """Render the card for `repo_id`, or skip when nothing it shows has changed."""
-    build.require("artifact")
-    build.require("evaluate", why="a card needs scores")
     evaluated = build.stage_dir("evaluate")
     manifest = build.manifest()
     siblings = find_siblings(build)
@@ -231,6 +232,18 @@ def score_rows(scores: dict) -> list[dict]:
     return rows
 
 
+def score_table(scores: dict) -> str:
+    """The scores as the console shows them (evaluate, publish)."""
+    rows = [("task", "metric", "base", "quantized", "recovery")]
+    rows += [(r["task"], r["metric"], num(r["base"]), num(r["quantized"]), num(r["recovery"], "{:.3f}"))
+             for r in score_rows(scores)]
+    mean = scores.get("mean_recovery")
+    note = " (smoke evaluation: bundled sets, not benchmark figures)" if scores.get("smoke") else ""
+    loaded = scores.get("harness", {}).get("loaded_as")
+    loaded = f"\nevaluated as: {loaded}" if loaded else ""
+    return text_table(rows) + f"\nmean recovery: {num(mean, '{:.3f}')}{note}{loaded}"
+
+
 def paper_warning(bits: int, kind: str) -> str | None:
     """What Huang et al. 2024 found at this bit width, where it is a warning."""
     if bits == 3:
@@ -351,3 +364,28 @@ def _mb(size) -> str:
     if not size:
         return "-"
     return f"{size / 2**30:.2f} GB" if size >= 2**30 else f"{size / 2**20:.1f} MB"
+
+
+class CardStage(Stage):
+    name = "card"
+    help = "render the model card of each evaluated build"
+    output = "card"
+    needs = {"artifact": "", "evaluate": "a card needs scores"}
+    missing = "no model card yet"
+    target_options = "read"  # the card names the repo it is published as
+
+    def preflight(self, build: Build, options: Options) -> None:
+        repo_for(build, options)  # a repo name the Hub would refuse: one line, before any work
+
+    def run(self, build: Build, options: Options) -> StageResult:
+        return card(build, repo_for(build, options))
+
+    def header(self, build: Build, options: Options) -> None:
+        return None
+
+    def lines(self, build: Build, result: StageResult, options: Options) -> list[str]:
+        note = " (unchanged)" if result.skipped else ""
+        return [f"card {build.recipe.name} / {build.entry.id}: {result.output / 'README.md'}{note}"]
+
+    def published(self, build: Build, result: StageResult) -> str:
+        return f"  card: {result.output / 'README.md'}" + (" (unchanged)" if result.skipped else "")

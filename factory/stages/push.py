@@ -26,6 +26,7 @@ from factory.core.errors import FactoryError, UserError
 from factory.pipeline.fingerprint import publish_fingerprint
 from factory.core.hub import RemoteBuild, Target, verify
 from factory.pipeline.manifest import StageRecord
+from factory.pipeline.stage import Options, Stage
 from factory.recipe import hub_repo_id_problem, repo_id
 from factory.core.redact import LocalPaths
 
@@ -59,6 +60,13 @@ def resolve_repo_id(build: Build, target: Target, org: str | None) -> str:
     if problem:
         raise UserError(f"publish.repo: {problem}")
     return name
+
+
+def repo_for(build: Build, options: Options) -> str:
+    """The build's repo id for this command, resolved once (it may ask the Hub for the user name)."""
+    if build.label not in options.repo_ids:
+        options.repo_ids[build.label] = resolve_repo_id(build, options.target, options.org)
+    return options.repo_ids[build.label]
 
 
 def upload_files(build: Build) -> dict[str, Path]:
@@ -148,9 +156,6 @@ def without_local_paths(build: Build, files: dict[str, Path]) -> dict[str, Path]
 
 
 def check_publishable(build: Build, force: bool) -> None:
-    build.require("artifact")
-    build.require("evaluate", why="nothing is published without scores")
-    build.require("card")
     gates = build.manifest().gates
     if gates is not None and not gates.passed and not force:
         raise GatesFailed(f"{build.label}: not published: it failed its quality gates "
@@ -244,3 +249,28 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n} B"
+
+
+class PushStage(Stage):
+    name = "push"
+    help = "upload finished builds (one commit each), verified"
+    output = None  # it writes to the target
+    needs = {"artifact": "", "evaluate": "nothing is published without scores", "card": ""}
+    missing = "not pushed yet"
+    target_options = "write"
+
+    def preflight(self, build: Build, options: Options) -> None:
+        repo_for(build, options)  # checked (and the Hub asked for the user name) before hours of work
+        if hasattr(options.target, "require_token") and not options.dry_run:
+            options.target.require_token()
+
+    def run(self, build: Build, options: Options) -> PushResult:
+        # refuses failed gates unless forced
+        return push(build, options.target, repo_for(build, options), dry_run=options.dry_run, force=options.force,
+                    log=options.log)
+
+    def header(self, build: Build, options: Options) -> str:
+        return f"push {build.recipe.name} / {build.entry.id} -> {options.target.description}"
+
+    def published(self, build: Build, result: PushResult) -> None:
+        return None  # push says what it did as it goes

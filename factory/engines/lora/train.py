@@ -140,7 +140,7 @@ def train(adapter: "AdapterRecipe", base_dir: Path, ft, records: list[dict], out
     }
 
 
-def _save_merged(base_dir: Path, adapter: Path, target: Path, dtype, tokenizer) -> None:
+def save_merged(base_dir: Path, adapter: Path, target: Path, dtype, tokenizer) -> None:
     """The adapter merged into the 16-bit base (what peft's merge_and_unload gives), as a plain checkpoint."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

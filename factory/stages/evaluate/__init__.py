@@ -21,6 +21,8 @@ from factory.pipeline.artifact import NF4_REFERENCE, Artifact
 from factory.stages.evaluate.base_store import METRICS_FORMAT as METRICS_FORMAT  # the layout of metrics.json
 from factory.stages.evaluate.base_store import BaseFigures, base_identity, obtain
 from factory.pipeline.build import Build, StageResult, run_stage
+from factory.pipeline.stage import Options, Stage
+from factory.stages.card import score_table
 from factory.core.errors import UserError
 from factory.stages.evaluate import lm_eval_adapter, placement
 from factory.stages.evaluate.perplexity import dataset_tokens, perplexity
@@ -61,7 +63,6 @@ def _checked_plan(build: Build):
 
 
 def evaluate(build: Build, log=print) -> Evaluated:
-    build.require("artifact")
     plan, adapter = _checked_plan(build)
 
     base = base_figures(build, plan, adapter, log)
@@ -182,3 +183,32 @@ def _device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class EvaluateStage(Stage):
+    name = "evaluate"
+    help = "score quantized builds against their base model"
+    output = "eval"
+    needs = {"artifact": ""}
+    missing = "not evaluated yet"
+
+    def preflight(self, build: Build, options: Options) -> None:
+        _checked_plan(build)  # an unknown task or a missing backend: one line, before any build starts
+
+    def run(self, build: Build, options: Options) -> Evaluated:
+        return evaluate(build, options.log)
+
+    def lines(self, build: Build, result: Evaluated, options: Options) -> list[str]:
+        skipped = [f"  skipped: {result.stage.output} is already evaluated with these settings"] if result.stage.skipped else []
+        return [*skipped, score_table(result.scores), f"  scores: {result.stage.output / SCORES_FILE}"]
+
+    def warnings(self, build: Build, result: Evaluated) -> list[str]:
+        return [f"{build.recipe.name} / {build.entry.id}: {line}" for line in result.gate_failures]
+
+    def exit_code(self, results: list) -> int:
+        return 1 if any(r.gate_failures for _, r in results) else 0
+
+    def published(self, build: Build, result: Evaluated) -> str:
+        mean = result.scores.get("mean_recovery")
+        return ("  evaluate: " + ("reused the finished evaluation" if result.stage.skipped else "done")
+                + (f", mean recovery {mean:.3f}" if mean is not None else ""))

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 
 from factory.core.atomic import atomic_dir
 from factory.pipeline.build import Build, StageResult, run_stage
+from factory.pipeline.stage import Options, Stage
+from factory.core.tables import num, text_table
 from factory.core.errors import UserError, first_line
 from factory.pipeline.fingerprint import BASE_LIBRARIES, digest, library_versions
 from factory.engines.base_models import fetch_base, slug, source_revision
@@ -146,7 +148,6 @@ def speed(build: Build, log=print) -> StageResult:
     if not settings.enabled:
         raise UserError(f"{build.label}: evaluation.speed.enabled is false in the recipe")
     check_runtime(settings)
-    build.require("artifact")
     artifact = build.artifact()
     runtime = resolve_runtime(settings, artifact)
     device = device_name(runtime)
@@ -298,3 +299,37 @@ def run_measurement(runtime: str, kind: str, artifact: "Artifact", settings: "Sp
             raise RuntimeError(f"the {runtime} {'scoring' if task else 'speed measurement'} of {artifact.path} "
                                f"failed: {first_line(last)}")
         return json.loads(result_file.read_text())
+
+
+class SpeedStage(Stage):
+    name = "speed"
+    help = "speed and memory of each build and its base model in the runtime a user would use"
+    output = "speed"
+    needs = {"artifact": ""}
+    missing = "not measured for speed yet"
+
+    def applies(self, build: Build) -> bool:
+        return build.recipe.evaluation.speed.enabled
+
+    def preflight(self, build: Build, options: Options) -> None:
+        check_runtime(build.recipe.evaluation.speed)  # a runtime that is not installed: one line, before any work
+
+    def run(self, build: Build, options: Options) -> StageResult:
+        return speed(build, options.log)
+
+    def lines(self, build: Build, result: StageResult, options: Options) -> list[str]:
+        figures = json.loads((result.output / SPEED_FILE).read_text())
+        out = [f"  skipped: {result.output} is already measured with these settings"] if result.skipped else []
+        rows = [("model", "batch", "prefill tok/s", "decode tok/s", "load s", "weights MB", "peak RSS MB")]
+        for who in ("build", "base"):
+            f = figures[who]
+            for b in f["batches"]:
+                rows.append((who, str(b["batch_size"]), num(b.get("prefill_tokens_per_s"), "{:.1f}"),
+                             num(b.get("decode_tokens_per_s"), "{:.1f}"), num(f.get("load_s"), "{:.2f}"),
+                             num(f.get("weights_mb"), "{:.1f}"), num(f.get("peak_rss_mb"), "{:.0f}")))
+        return [*out, f"  runtime {figures['runtime']} on {figures['device']}", text_table(rows),
+                f"  note: {figures['weights_note']}", f"  figures: {result.output / SPEED_FILE}"]
+
+    def published(self, build: Build, result: StageResult) -> str:
+        return "  speed: " + ("reused the finished measurement" if result.skipped
+                              else f"measured in {result.record.get('runtime')}")
