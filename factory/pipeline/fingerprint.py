@@ -5,7 +5,8 @@ build        the effective settings, calibration data, base revision and the ver
 evaluation   the build's, plus the evaluation plan: a different value means different scores.
 publish      what a published copy is compared by (`plan`, `push`): build + evaluation.
 
-All are computable from the recipe alone (no build on disk), so `plan` loads no model.
+All are computable from the recipe alone (no build on disk), so `plan` loads no model. `build` is
+a factory.pipeline.build.Build (not imported here: it imports this module).
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ import hashlib
 import importlib.metadata
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any
 
 from factory.core.code_digest import code_digest as code_digest  # re-exported for the fingerprint readers
-
-if TYPE_CHECKING:
-    from factory.pipeline.build import Build
 
 # Every build's weights depend on these; a method adds the libraries it quantizes with.
 BASE_LIBRARIES = ("torch", "transformers")
@@ -43,7 +41,7 @@ def library_versions(names: tuple[str, ...] = BASE_LIBRARIES) -> dict[str, str]:
     return versions
 
 
-def build_inputs(build: "Build") -> dict:
+def build_inputs(build) -> dict:
     """What the build fingerprint hashes."""
     from factory.engines.calibration import calibration_digest
     from factory.engines.base_models import source_revision
@@ -74,18 +72,18 @@ def finetune_data_digest(ft, recipe_dir: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def evaluation_fingerprint(build: "Build") -> str:
+def evaluation_fingerprint(build) -> str:
     from factory.recipe.eval_plan import EvalPlan
 
     plan = EvalPlan.for_model(build.recipe.evaluation, build.entry.kind)
     return digest([build.fingerprint(), plan.key()])
 
 
-def publish_fingerprint(build: "Build", evaluation: str | None = None) -> str:
+def publish_fingerprint(build, evaluation: str | None = None) -> str:
     return digest([build.fingerprint(), evaluation or evaluation_fingerprint(build)])
 
 
-def factory_metadata(build: "Build") -> dict:
+def factory_metadata(build) -> dict:
     """The `factory` block of the card's front matter: enough for `plan` to say why a copy is stale."""
     inputs = build.fingerprint_inputs
     evaluation = evaluation_fingerprint(build)
