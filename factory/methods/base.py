@@ -83,6 +83,8 @@ class QuantMethod:
     artifact_kind: ClassVar[Literal["checkpoint", "adapter", "gguf"]] = "checkpoint"
     # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
     Options: ClassVar[type[BaseModel] | None] = None
+    # evaluated beside the base loaded as NF4 without fine-tuning (the paper's LoRA-FT reference row)
+    nf4_reference: ClassVar[bool] = False
     # where the packed checkpoint is served, and on which hardware (`factory methods`)
     serving: ClassVar[str] = ""
 

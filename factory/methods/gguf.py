@@ -167,7 +167,7 @@ class GGUF(QuantMethod):
         staging = out_dir / ".auto-round"
         from factory.engines.gguf_vocab import llama_cpp_vocab
 
-        from factory.methods import gguf_importance
+        from factory.engines import gguf_importance
 
         importance = self.uses_calibration(self.options(settings))
         rounding, windows = dict(iters=0, disable_opt_rtn=True), None
@@ -252,7 +252,7 @@ def _publish_importance(out_dir: Path, target: Path, gguf_type: str, sums: dict,
     """The importance matrix and the calibration set's identity, beside the file (gguf_importance)."""
     import json
 
-    from factory.methods import gguf_importance as gi
+    from factory.engines import gguf_importance as gi
 
     identity = gi.calibration_identity(settings.calibration, recipe_dir, windows)
     imatrix = out_dir / gi.imatrix_file_name(gguf_type)

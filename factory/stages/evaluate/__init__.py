@@ -81,7 +81,7 @@ def evaluate(build: Build, log=print) -> Evaluated:
             "smoke": any(t in BUNDLED_TASKS for t in plan.tasks) or "demo" in plan.perplexity,
             "base_evaluation": base_dir.name,
         }
-        if build.method.stage == "finetune":
+        if build.method.nf4_reference:
             # The paper's reference row for LoRA-FT: the NF4 base without fine-tuning, same harness.
             reference = nf4_reference_figures(build, plan, adapter, log)
             nf4 = json.loads((reference.path / METRICS_FILE).read_text())
