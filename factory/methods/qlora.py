@@ -65,6 +65,7 @@ class QLoRA(LoRAMethod):
             format="peft LoRA adapter (adapter_config.json, adapter_model.safetensors)"
                    + ("; merged/: the adapter merged into the 16-bit base" if merged else ""),
             tags=("peft", "lora", "qlora", "bitsandbytes", "nf4"),
+            library_name="peft",  # the Hub's library filter: an adapter is loaded with peft
             load_note="Load the base model in NF4 (bitsandbytes, double quantization) and the adapter with "
                       "`PeftModel.from_pretrained(base, repo)`.",
             serve_note="")

@@ -124,7 +124,7 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
     tags = list(dict.fromkeys([s.method, f"{s.bits}-bit", s.scheme_label.lower(), "quantized", "factory", *facts.tags,
                                *(["llava-next"] if entry.kind == "llava-next" else [])]))
     data = ModelCardData(
-        base_model=entry.id, library_name="peft" if build.method.artifact_kind == "adapter" else facts.library_name, pipeline_tag=kind_task, license=base_license(build),
+        base_model=entry.id, library_name=facts.library_name, pipeline_tag=kind_task, license=base_license(build),
         tags=tags, model_name=repo_id.split("/")[-1], eval_results=eval_results or None,
         base_model_relation=RELATION.get((s.finetune is not None, build.method.artifact_kind), "quantized"),
         factory=factory_metadata(build),

@@ -139,8 +139,7 @@ def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
     """Harness tasks plus paper-protocol perplexity; writes metrics.json and returns it:
     {"metrics": {task: {metric: value}}, "higher_is_better": {task: {metric: bool}}, "dtype": ...}."""
     started = time.time()
-    where = placement.choose(plan.backend, placement.dense_bytes(
-        artifact.base_path if artifact.kind == "adapter" and artifact.base_path else artifact.path))
+    where = placement.choose(plan.backend, placement.dense_bytes(artifact.weights_dir))
     result = {"metrics": {}, "higher_is_better": {}, "dtype": None, "placement": where.record()}
     if plan.tasks:
         measured = adapter.run(plan, artifact, out, _device(), where)

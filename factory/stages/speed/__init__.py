@@ -247,9 +247,8 @@ def served_as(runtime: str, artifact: "Artifact", measured: dict) -> str:
     """How the measured build was loaded, in the card's words."""
     if runtime == "llama.cpp":
         return f"the GGUF file in llama.cpp ({measured.get('binding')}), weights packed"
-    if artifact.kind == "adapter":
-        quant = " in bitsandbytes NF4" if artifact.base_quantization == "nf4" else ""
-        return f"the base{quant} with the peft adapter over it, as users load it (not the merged model)"
+    if artifact.served_as():
+        return artifact.served_as()
     if measured.get("weights_in_memory") == "dense" and measured.get("quantized_checkpoint"):
         return f"{runtime}, decompressed on load (dense weights; {PACKED_RUNTIME} serves it packed: not measured here)"
     return runtime

@@ -132,10 +132,7 @@ def _import_model_code(artifact, kind: str) -> None:
     from factory.engines.loading import model_class
 
     model_class(kind)
-    if artifact.kind == "gguf":  # a folder with the .gguf alone: its config is in the file
-        config = transformers.AutoConfig.from_pretrained(artifact.path, gguf_file=artifact.gguf_file)
-    else:
-        config = transformers.AutoConfig.from_pretrained(artifact.base_path if artifact.kind == "adapter" else artifact.path)
+    config = transformers.AutoConfig.from_pretrained(**artifact.config_source())
     for name in getattr(config, "architectures", None) or []:
         getattr(transformers, name, None)
     if getattr(config, "quantization_config", None) is not None:
