@@ -1,0 +1,1 @@
+"""factory: recipes in, quantized LLaMA-3 / LLaVA-Next builds out (see README.md)."""
