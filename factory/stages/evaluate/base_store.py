@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from factory.core.atomic import atomic_dir
+from factory.core.cache import made_once
 from factory.core.errors import first_line
 from factory.pipeline.fingerprint import digest, library_versions
 from factory.engines.base_models import slug, source_revision
@@ -104,14 +104,10 @@ def obtain(identity: dict, store: str | None, measure: Callable[[Path], None], l
     """The base figures for `identity`: from this machine's cache, the store, or `measure(folder)`
     (which writes metrics.json into `folder`); see the module docstring."""
     target = cache_dir(identity)
-    if _complete(target):
-        log(f"  {what}: reusing its evaluation from {target}")
-        return BaseFigures(target, "cache")
-    with _machine_lock(target, log):
-        if _complete(target):
-            log(f"  {what}: reusing its evaluation from {target} (another job on this machine made it)")
-            return BaseFigures(target, "cache")
-        refused = False
+    refused = False
+
+    def make(partial: Path) -> str:
+        nonlocal refused
         if store:
             try:
                 document = read_store(store, identity, log)
@@ -119,45 +115,29 @@ def obtain(identity: dict, store: str | None, measure: Callable[[Path], None], l
                 log(f"  {what}: refused {store}/{store_path(identity)} from the store: {exc}; evaluating it here")
                 document, refused = None, True
             if document is not None:
-                with atomic_dir(target) as partial:
-                    (partial / METRICS_FILE).write_text(_dump(document["metrics"]))
-                    (partial / IDENTITY_FILE).write_text(_dump(document["identity"]))
-                    (partial / ORIGIN_FILE).write_text(_dump({"repo": store, "path": store_path(identity)}))
+                (partial / METRICS_FILE).write_text(_dump(document["metrics"]))
+                (partial / IDENTITY_FILE).write_text(_dump(document["identity"]))
+                (partial / ORIGIN_FILE).write_text(_dump({"repo": store, "path": store_path(identity)}))
                 log(f"  {what}: scores from the store {store}/{store_path(identity)} (fingerprint checked); "
                     "skipping its evaluation")
-                return BaseFigures(target, "store")
+                return "store"
         log(f"  {what}: evaluating once for this plan (cached in {target})")
-        with atomic_dir(target) as partial:
-            measure(partial)
-            (partial / IDENTITY_FILE).write_text(_dump(identity))
-        if store:
-            metrics = json.loads((target / METRICS_FILE).read_text())
-            push_store(store, identity, metrics, log, private=private, refused=refused)
-        return BaseFigures(target, "measured")
+        measure(partial)
+        (partial / IDENTITY_FILE).write_text(_dump(identity))
+        return "measured"
 
+    def waiting() -> None:
+        log("  base model: another job on this machine is evaluating it; waiting for its figures")
 
-class _machine_lock:
-    """One job per identity on this machine; says so when it has to wait for another."""
-
-    def __init__(self, target: Path, log) -> None:
-        from filelock import FileLock
-
-        locks = cache_root() / "locks"  # beside, not inside, base-evals/: its folders hold only figures
-        locks.mkdir(parents=True, exist_ok=True)
-        self.lock = FileLock(str(locks / f"base-eval-{target.parent.name}-{target.name}.lock"))
-        self.log = log
-
-    def __enter__(self) -> None:
-        from filelock import Timeout
-
-        try:
-            self.lock.acquire(timeout=0)
-        except Timeout:
-            self.log("  base model: another job on this machine is evaluating it; waiting for its figures")
-            self.lock.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.lock.release()
+    source = made_once("base-eval", target, _complete, make, waiting, owned=False)
+    if source == "cache":
+        log(f"  {what}: reusing its evaluation from {target}")
+    elif source == "waited":
+        log(f"  {what}: reusing its evaluation from {target} (another job on this machine made it)")
+    elif source == "measured" and store:
+        metrics = json.loads((target / METRICS_FILE).read_text())
+        push_store(store, identity, metrics, log, private=private, refused=refused)
+    return BaseFigures(target, "cache" if source == "waited" else source)
 
 
 # ---------------------------------------------------------------- the store

@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.core.atomic import atomic_dir
+from factory.core.cache import made_once
 from factory.pipeline.build import Build, StageResult, run_stage
 from factory.pipeline.stage import Options, Stage
 from factory.core.tables import num, text_table
@@ -189,23 +189,20 @@ def base_artifact(build: Build, runtime: str, log=print) -> "Artifact":
 
 def _base_cached(build: Build, what: str, identity: dict, measure, log=print) -> tuple[dict, str]:
     """`what` (a JSON file) of the base model, from this machine's cache or measured once and cached."""
-    from filelock import FileLock
-
     target = cache_root() / "base-speed" / slug(build.entry.id) / digest(identity)
-    if (target / what).is_file():
-        log(f"  speed: reusing the base model's {'figures' if what == SPEED_FILE else 'llama.cpp scores'} from {target}")
-        return json.loads((target / what).read_text()), "cache"
-    locks = cache_root() / "locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(locks / f"base-speed-{target.parent.name}-{target.name}.lock")):
-        if (target / what).is_file():
-            return json.loads((target / what).read_text()), "cache"
+    found = target / what
+
+    def make(partial: Path) -> str:
         log(f"  speed: measuring the base model once in {identity['runtime']} (cached in {target})")
         measured = measure()
-        with atomic_dir(target, owned=True) as partial:
-            (partial / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
-            (partial / what).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
-        return measured, "measured"
+        (partial / "identity.json").write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+        (partial / what).write_text(json.dumps(measured, indent=2, sort_keys=True) + "\n")
+        return "measured"
+
+    if found.is_file():
+        log(f"  speed: reusing the base model's {'figures' if what == SPEED_FILE else 'llama.cpp scores'} from {target}")
+    source = made_once("base-speed", target, lambda t: (t / what).is_file(), make)
+    return json.loads(found.read_text()), ("cache" if source == "waited" else source)
 
 
 def _base_identity(build: Build, runtime: str, device: str, settings: dict) -> dict:
