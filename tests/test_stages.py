@@ -38,10 +38,10 @@ class FileCount(Stage):
         return run_stage(build, self.name, work)
 
     def lines(self, build, result, options):
-        return [f"  {result.record.get("files")} files" + (" (reused)" if result.skipped else "")]
+        return [f"  {result.record.get('files')} files" + (" (reused)" if result.skipped else "")]
 
     def published(self, build, result):
-        return f"  file-count: {result.record.get("files")} files"
+        return f"  file-count: {result.record.get('files')} files"
 
 
 @pytest.fixture
