@@ -27,19 +27,53 @@ def _load(path):
 def test_step_zero_is_int2_rtn_of_the_same_grid():
     torch.manual_seed(0)
     w = torch.randn(16, 4 * GROUP) * 0.02
-    w[3] -= 0.05  # a row with a longer negative tail: its grid is mirrored
+    w[3] -= 0.05  # a row with a longer negative tail: the same grid, alpha1 = 2s, alpha2 = -s (no mirroring)
     fdb = dbllm.FlexibleDualBinarization(w, GROUP)
-    step, mirror = dbllm.int2_grid(w, GROUP)
-    assert mirror.any() and not mirror.all()
-    assert torch.equal(fdb(w), dbllm.rtn_int2(w, step, mirror, GROUP))
-    # the grid is {-s, 0, s, 2s} (mirrored: {s, 0, -s, -2s}): alpha1 = 2s, alpha2 = -s
-    sign = torch.where(mirror, -1.0, 1.0)
-    assert torch.allclose(fdb.alpha1, 2 * step * sign) and torch.allclose(fdb.alpha2, -step * sign)
+    step = dbllm.int2_grid(w, GROUP)
+    assert (step > 0).all()
+    assert torch.equal(fdb(w), dbllm.rtn_int2(w, step, GROUP))
+    # the grid is {-s, 0, s, 2s} in every row x group: alpha1 = 2s, alpha2 = -s (the paper's initialisation)
+    assert torch.allclose(fdb.alpha1, 2 * step) and torch.allclose(fdb.alpha2, -step)
+    assert set(torch.unique(fdb(w)[3].reshape(4, GROUP)[0] / step[3, 0]).round().tolist()) <= {-1.0, 0.0, 1.0, 2.0}
     # round to nearest: no weight is farther from its value than half a step (clipped tails aside)
     err = (fdb(w) - w).reshape(16, 4, GROUP).abs()
-    inside = (w.reshape(16, 4, GROUP) * sign[..., None] >= -1.5 * step[..., None]) & \
-             (w.reshape(16, 4, GROUP) * sign[..., None] <= 2.5 * step[..., None])
+    g = w.reshape(16, 4, GROUP)
+    inside = (g >= -1.5 * step[..., None]) & (g <= 2.5 * step[..., None])
     assert (err[inside] <= step[..., None].expand_as(err)[inside] / 2 + 1e-7).all()
+    # the step is the least-error one searched: no worse than the step whose grid reaches both tails
+    reach = torch.maximum(g.amax(-1) / 2, -g.amin(-1))
+    def sq_err(s):
+        return (dbllm.rtn_int2(w, s, GROUP) - w).reshape(16, 4, GROUP).pow(2).sum(-1)
+    assert (sq_err(step) <= sq_err(reach) + 1e-12).all()
+
+
+def test_planes_are_the_papers_heaviside_thresholds():
+    """wb1 = H(w - (alpha1 + alpha2)/2), wb2 = H(-(w - alpha1 wb1 - alpha2/2)), H(0) = 1, written out here
+    weight by weight, against the module's planes, also for trained (moved) alphas and at the ties."""
+    def heaviside(x):
+        return 1.0 if x >= 0 else 0.0
+
+    torch.manual_seed(3)
+    w = torch.randn(4, 2 * GROUP) * 0.02
+    fdb = dbllm.FlexibleDualBinarization(w, GROUP)
+    s = 2.0 ** -6  # a step whose ties are exact in float32
+    w[0, :6] = torch.tensor([-s / 2, s / 2, 1.5 * s, -3 * s, 0.0, 5 * s])  # the three ties and both far tails
+    with torch.no_grad():
+        fdb.alpha1[0, 0], fdb.alpha2[0, 0] = 2 * s, -s  # the int2 start alpha1 = 2s, alpha2 = -s
+        fdb.alpha1[1] *= 1.3  # as after training: the scales have moved off the int2 grid
+        fdb.alpha2[1] *= 0.6
+    b1, b2 = fdb.planes(w)
+    q = fdb(w)
+    for r in range(w.shape[0]):
+        for c in range(w.shape[1]):
+            a1, a2 = fdb.alpha1[r, c // GROUP].item(), fdb.alpha2[r, c // GROUP].item()
+            x = float(w[r, c])
+            wb1 = heaviside(x - (a1 + a2) / 2)
+            wb2 = heaviside(-(x - a1 * wb1 - a2 / 2))
+            assert (b1[r, c // GROUP, c % GROUP].item(), b2[r, c // GROUP, c % GROUP].item()) == (wb1, wb2), (r, c)
+            assert math.isclose(q[r, c].item(), a1 * wb1 + a2 * wb2, rel_tol=1e-6, abs_tol=1e-9)
+    # at the int2 start the ties land as round-half-away-from-zero below 0, and 3s/2 goes to s
+    assert torch.allclose(q[0, :6], torch.tensor([-s, s, s, -s, 0.0, 2 * s]), atol=1e-9)
 
 
 def test_model_at_step_zero_equals_int2_rtn(tiny_llama):
@@ -50,8 +84,8 @@ def test_model_at_step_zero_equals_int2_rtn(tiny_llama):
     dbllm.detach(model, fdbs)
     modules = dict(model.named_modules())
     for name, w in base.items():
-        step, mirror = dbllm.int2_grid(w, GROUP)
-        assert torch.equal(modules[name].weight, dbllm.rtn_int2(w, step, mirror, GROUP)), name
+        step = dbllm.int2_grid(w, GROUP)
+        assert torch.equal(modules[name].weight, dbllm.rtn_int2(w, step, GROUP)), name
 
 
 def test_dad_with_constant_weights_is_plain_kd():

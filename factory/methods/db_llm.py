@@ -1,9 +1,10 @@
 """DB-LLM (Chen et al. 2024, arXiv 2402.11960): Flexible Dual Binarization (two binary planes with
-learnable scales per row x group, initialised to the int2 grid) trained end to end with
-Deviation-Aware Distillation from the full-precision model, on text the full-precision model
-generates (the paper's data-free setting) or on the recipe's calibration text. Simulated output:
-the trained 2-bit weights written back at full size (factory/engines/lowbit/dbllm.py has the formulas and
-which of them are ours).
+learnable scales per row x group, initialised to the int2 grid, alpha1 = 2s and alpha2 = -s) trained
+end to end with Deviation-Aware Distillation from the full-precision model, on text the full-precision
+model generates (the paper's data-free setting) or on the recipe's calibration text. Simulated output:
+the trained 2-bit weights written back at full size. factory/engines/lowbit/dbllm.py has the formulas, the
+pages they were read from, and which parts are ours (the DAD weight's equation, how s is found and how
+the text is generated could not be read and are ours).
 """
 
 from __future__ import annotations

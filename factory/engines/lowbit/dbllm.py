@@ -1,42 +1,60 @@
-"""DB-LLM (Chen et al. 2024, arXiv 2402.11960): Flexible Dual Binarization trained with Deviation-Aware
-Distillation from the full-precision model. No code was released; this is written from the paper's
-description (Sec. 3), and where its exact text could not be read here, the choice made is said below.
+"""DB-LLM (Chen et al. 2024, "DB-LLM: Accurate Dual-Binarization for Efficient LLMs", arXiv 2402.11960,
+ACL Findings 2024): Flexible Dual Binarization trained with Deviation-Aware Distillation from the
+full-precision model. Written from descriptions of the paper, not from code: the repository the ACL
+version names (github.com/Hon-Chen/DB-LLM) holds a one-line README and no code (its stored snapshot,
+commit d3aeb16, read 2026-12-04).
 
-Flexible Dual Binarization (FDB, Sec. 3.2). A 2-bit weight is the sum of two binary planes with their
-own learnable scales, one pair per row x group of `group_size` columns:
+What was read, 2026-12-04, through this project's stored-page search (only the opening of each page
+comes back, so the paper's own Sec. 3-4 text, its equation numbers and its training schedule could not
+be read; the section each piece belongs to is named by the paper's own split, FDB the "micro level",
+DAD the "macro level", not by a number):
 
-    w_hat = alpha1 * b1 + alpha2 * b2,      b1, b2 in {0, 1}
+  [R]  themoonlight.io/review/db-llm-accurate-dual-binarization-for-efficient-llms (a review that
+       quotes FDB's formulas), and its Chinese version (themoonlight.io/zh/review/...);
+  [S]  study.space/p/DB-LLM:_Accurate_Dual-Binarization_for_Efficient_LLMs (a summary);
+  [T]  sciencestack.ai/paper/2402.11960 (its TL;DR and the abstract);
+  [A]  the abstract (arXiv, aclanthology.org/2024.findings-acl.516).
 
-so a row x group holds at most the four values {0, alpha2, alpha1, alpha1 + alpha2}. The planes follow
-the paper's thresholds (H the Heaviside step, H(x) = 1 for x >= 0):
+Flexible Dual Binarization (FDB, the micro level; [R]). A 2-bit weight is the sum of two binary planes
+with their own learnable scales, one pair per row x group of `group_size` columns:
 
-    b1 = H(w - (alpha1 + alpha2) / 2),      b2 = H(-(w - alpha1 * b1 - alpha2 / 2))
+    w_hat = alpha1 * wb1 + alpha2 * wb2,      wb1, wb2 in {0, 1}                          [R]
 
-written here sign-robustly, b1 = H(sign(alpha1) (w - (alpha1 + alpha2)/2)) and b2 = H(sign(alpha2)
-(w - alpha1 b1 - alpha2/2)), which is the paper's rule for its alpha1 > 0 > alpha2 and stays the same
-rule when a group's grid is mirrored. Initialisation is the int2 grid: with an int2 step s,
-alpha1 = 2s and alpha2 = -s give {-s, 0, s, 2s} and the thresholds -s/2, s/2, 3s/2, i.e. plain
-round-to-nearest on that grid (`rtn_int2`). Two choices of ours, not from the paper: s is searched per
-row x group to minimise the squared rounding error (int2 RTN with an MSE clip), and the grid is mirrored
-(alpha1 = -2s, alpha2 = s) in groups whose largest magnitude is negative, so that the lone far level 2s
-lies on the longer tail. Training updates alpha1 and alpha2 through w_hat, and the latent full-precision
-weights through the straight-through estimator (dw_hat/dw = 1), as quantization-aware training does.
+so a row x group holds at most the four values {0, alpha2, alpha1, alpha1 + alpha2}. The planes are the
+paper's thresholds, H the Heaviside step with H(x) = 1 for x >= 0 [R]:
 
-Deviation-Aware Distillation (DAD, Sec. 3.3). The student (the FDB model) is distilled from the
-full-precision teacher token by token, tokens re-weighted by how uncertain the two models are: the paper
-up-weights ambiguous tokens, where the teacher's and the quantized student's predictions are uncertain
-and deviate. Its exact equation could not be read from this project's machines, so the weight
-implemented is stated here, and it is ours:
+    wb1 = H(w - (alpha1 + alpha2) / 2),      wb2 = H(-(w - alpha1 * wb1 - alpha2 / 2))   [R]
+
+and the layer computes alpha1 (wb1 x) + alpha2 (wb2 x), which is w_hat x [R]. FDB starts from the INT2
+weights, w_hat = s w_q = alpha1 wb1 + alpha2 wb2 [R, zh], with alpha1 = 2s and alpha2 = -s [R], in every
+row x group: the values {-s, 0, s, 2s}, the thresholds -s/2, s/2, 3s/2, i.e. plain round-to-nearest on
+that grid (`rtn_int2`; ties go the way H(0) = 1 sends them). Until 2026-12-04 this file mirrored the
+grid (alpha1 = -2s, alpha2 = s) in groups whose largest magnitude is negative and wrote the planes with
+the signs of the alphas; neither is in [R], both are gone: the thresholds above are applied as written.
+
+Ours, not found in what was read: how s is found. Here s is searched per row x group for the least
+squared rounding error (`int2_grid`: SCALE_CANDIDATES steps from the one whose grid reaches both tails,
+max(max w / 2, -min w), down to 0.2 of it). Also ours: the straight-through estimator's form
+(dw_hat/dw = 1, unclipped; [R] says only that an STE carries the gradient past the rounding), and that
+the latent full-precision weights train at all (`train_weights`, the default; false trains alpha1,
+alpha2 only). alpha1 and alpha2 get their gradient through w_hat with the planes held constant.
+
+Deviation-Aware Distillation (DAD, the macro level; [A], [S], [T]). After quantization the model's
+predictions deviate on ambiguous samples [A]; DAD "uses the teacher-student entropy as an indicator of
+ambiguity and reweights the distillation loss to prioritize these samples" [S] ("entropy-based
+reweighting", [T]). The equation itself could not be read, so the weight implemented is ours, stated:
 
     loss = sum_t w_t KL(p_T,t || p_S,t) / sum_t w_t,     w_t = (H_T,t H_S,t / log(V)^2) ^ (gamma / 2)
 
 with H the entropy of each model's next-token distribution over the vocabulary V (normalised to [0, 1]
-by log V) and the weights held constant in the backward pass. gamma = 0 (or any constant weight) is plain
-KD, the mean token KL; gamma > 0 leans on the tokens both models find ambiguous.
+by log V), the weights held constant in the backward pass, and tokens as the "samples" (also ours).
+gamma = 0 (or any constant weight) is plain KD, the mean token KL; gamma > 0 leans on the tokens both
+models find ambiguous. The forward KL(teacher || student) is ours too.
 
-Data (`generated`, the paper's data-free setting): sequences sampled from the full-precision model
-itself, the way LLM-QAT (Liu et al. 2023) makes them: a first token drawn uniformly from the vocabulary
-(special tokens excluded), a few greedy tokens, then sampling from the model's distribution.
+Data (`generated`). The method is data-free [S], [T]: it trains on no dataset. How its text is made was
+not in what was read; here (ours) sequences are sampled from the full-precision model itself the way
+LLM-QAT (Liu et al. 2023) makes them: a first token drawn uniformly from the vocabulary (special tokens
+excluded), a few greedy tokens, then sampling from the model's distribution.
 
 Everything is simulated quantization: the trained w_hat are written back as full-size weights.
 """
@@ -55,7 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-SCALE_CANDIDATES = 20  # clip ratios searched for the int2 step, from 1.0 down to 0.3 of the full range
+SCALE_CANDIDATES = 20  # int2 steps searched, from the one that reaches both tails down to 0.2 of it (ours)
 
 
 # ---------------------------------------------------------------- the int2 grid and FDB
@@ -68,53 +86,55 @@ def _groups(weight: Tensor, group_size: int) -> Tensor:
     return weight.reshape(rows, cols // group_size, group_size)
 
 
-def rtn_int2(weight: Tensor, step: Tensor, mirror: Tensor, group_size: int) -> Tensor:
-    """Round-to-nearest on the int2 grid {-1, 0, 1, 2} x step (mirrored: x -step) per row x group.
+def fdb_planes(groups: Tensor, alpha1: Tensor, alpha2: Tensor) -> tuple[Tensor, Tensor]:
+    """The paper's planes as written ([R] in the module doc), H(x) = 1 for x >= 0, as 0/1 floats:
+    wb1 = H(w - (alpha1 + alpha2)/2), wb2 = H(-(w - alpha1 wb1 - alpha2/2)); alphas broadcast over the last dim."""
+    b1 = (groups - (alpha1 + alpha2) / 2 >= 0).to(groups.dtype)
+    b2 = (-(groups - alpha1 * b1 - alpha2 / 2) >= 0).to(groups.dtype)
+    return b1, b2
+
+
+def rtn_int2(weight: Tensor, step: Tensor, group_size: int) -> Tensor:
+    """Round-to-nearest on the int2 grid {-1, 0, 1, 2} x step per row x group.
 
     Ties go the way the paper's Heaviside step (H(0) = 1) sends them: +-s/2 away from 0, 3s/2 to s."""
-    sign = torch.where(mirror, -1.0, 1.0).to(weight.dtype)[..., None]
     s = step[..., None]
-    x = _groups(weight, group_size) * sign  # the weight in the grid's orientation
+    x = _groups(weight, group_size)
     level = torch.where(x >= s / 2, torch.where(x - 2 * s <= -s / 2, 1.0, 2.0), torch.where(x <= -s / 2, -1.0, 0.0))
-    return (level * s * sign).reshape(weight.shape)
+    return (level * s).reshape(weight.shape)
 
 
-def int2_grid(weight: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
-    """Per row x group: the int2 step s (MSE-searched clip of the range) and whether the grid is mirrored."""
+def int2_grid(weight: Tensor, group_size: int) -> Tensor:
+    """Per row x group: the int2 step s, searched for the least squared rounding error (ours; see the module doc)."""
     g = _groups(weight.float(), group_size)
-    top, bottom = g.amax(dim=-1), -g.amin(dim=-1)
-    mirror = bottom > top  # the far level 2s goes to the longer tail
-    full = torch.maximum(top, bottom).clamp_min(1e-8) / 2
-    best_step, best_err = full.clone(), torch.full_like(full, float("inf"))
-    for ratio in torch.linspace(1.0, 0.3, SCALE_CANDIDATES).tolist():
-        step = full * ratio
-        err = (rtn_int2(weight.float(), step, mirror, group_size).reshape(g.shape) - g).pow(2).sum(dim=-1)
+    top, bottom = g.amax(dim=-1).clamp_min(0), (-g.amin(dim=-1)).clamp_min(0)
+    reach = torch.maximum(top / 2, bottom).clamp_min(1e-8)  # 2s covers the largest weight, -s the smallest
+    best_step, best_err = reach.clone(), torch.full_like(reach, float("inf"))
+    for ratio in torch.linspace(1.0, 0.2, SCALE_CANDIDATES).tolist():
+        step = reach * ratio
+        err = (rtn_int2(weight.float(), step, group_size).reshape(g.shape) - g).pow(2).sum(dim=-1)
         better = err < best_err
         best_step, best_err = torch.where(better, step, best_step), torch.where(better, err, best_err)
-    return best_step, mirror
+    return best_step
 
 
 class FlexibleDualBinarization(nn.Module):
-    """A weight parametrization: latent weight -> alpha1 * b1 + alpha2 * b2 per row x group (see the module doc)."""
+    """A weight parametrization: latent weight -> alpha1 * wb1 + alpha2 * wb2 per row x group (see the module doc)."""
 
     def __init__(self, weight: Tensor, group_size: int, train_weights: bool = True, dtype: torch.dtype | None = None):
         super().__init__()
-        step, mirror = int2_grid(weight.detach(), group_size)
-        sign = torch.where(mirror, -1.0, 1.0)
-        self.alpha1 = nn.Parameter(2 * step * sign)
-        self.alpha2 = nn.Parameter(-step * sign)
+        step = int2_grid(weight.detach(), group_size)
+        self.alpha1 = nn.Parameter(2 * step)  # [R]: alpha1 = 2s, alpha2 = -s
+        self.alpha2 = nn.Parameter(-step)
         self.group_size = group_size
         self.train_weights = train_weights
         self.dtype = dtype or weight.dtype  # what the layer computes in (the latent weight may be float32)
 
     @torch.no_grad()
     def planes(self, weight: Tensor) -> tuple[Tensor, Tensor]:
-        """The two binary planes b1, b2 (as 0/1 floats, row x group x column)."""
+        """The two binary planes wb1, wb2 (as 0/1 floats, row x group x column)."""
         g = _groups(weight.float(), self.group_size)
-        a1, a2 = self.alpha1.detach()[..., None], self.alpha2.detach()[..., None]
-        b1 = (torch.sign(a1) * (g - (a1 + a2) / 2) >= 0).float()
-        b2 = (torch.sign(a2) * (g - a1 * b1 - a2 / 2) >= 0).float()
-        return b1, b2
+        return fdb_planes(g, self.alpha1.detach()[..., None], self.alpha2.detach()[..., None])
 
     def forward(self, weight: Tensor) -> Tensor:
         b1, b2 = self.planes(weight)
