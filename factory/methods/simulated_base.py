@@ -72,7 +72,7 @@ class SimulatedMethod(QuantMethod):
 
     def card_facts(self, settings: "Settings") -> CardFacts:
         return CardFacts(
-            engine="the factory's own implementation (factory/lowbit), written from the paper",
+            engine="the factory's own implementation (factory/engines/lowbit), written from the paper",
             format="simulated: dequantized weights at full size (no memory saving)",
             tags=("simulated-quantization",),
             load_note="A plain transformers checkpoint: the weights take only the values the method allows, "
