@@ -19,14 +19,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.core.collection_title import check_title, title_for
 from factory.core.errors import UserError
 from factory.fleet.report import BuildFigures
 
 NOTE_MAX = 500  # the Hub's limit on an item's note (huggingface_hub's add_collection_item docstring)
 DESCRIPTION_MAX = 150  # the Hub's limit on a collection's description (ditto)
-# The Hub does not document a title limit client-side; titles are kept to this so that they fit on its page.
-TITLE_MAX = 60
-TITLE_SUFFIX = " low-bit (factory)"
 
 
 @dataclass(frozen=True)
@@ -46,16 +44,6 @@ class Changes:
     @property
     def unchanged(self) -> bool:
         return not (self.added or self.updated or self.removed or self.moved)
-
-
-def title_for(model_id: str) -> str:
-    return model_id.split("/")[-1] + TITLE_SUFFIX
-
-
-def check_title(title: str) -> None:
-    if len(title) > TITLE_MAX:
-        raise UserError(f"collection title {title!r} is {len(title)} characters, over the {TITLE_MAX} the factory "
-                        "allows; nothing was changed")
 
 
 def note_for(build: BuildFigures) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factory.stages.card import _pyplot, _save
+from factory.core.plots import pyplot, save
 from factory.engines.base_models import slug
 from factory.fleet.report import PTQ_COLUMNS, BuildFigures, Report, primary
 
@@ -70,7 +70,7 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
     task = perplexity_task(builds)
     if task is None:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     column = next((c for c in PTQ_COLUMNS if c.task == task), None)
     table = Table("ptq", "", model, [])
@@ -95,7 +95,7 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
     ax.set_ylabel(f"{task} perplexity (log scale)")
     ax.set_title(f"{model}: perplexity against bits{_smoke(builds)}")
     ax.legend(fontsize="small")
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -113,7 +113,7 @@ def plot_heatmap(model: str, builds: list[BuildFigures], path: Path) -> bool:
     grid = np.full((len(methods), len(bits)), np.nan)
     for (method, b), value in cells.items():
         grid[methods.index(method), bits.index(b)] = value
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(bits) + 3, 0.5 * len(methods) + 1.8))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(bits)), [f"{b:g}" for b in bits])
@@ -125,7 +125,7 @@ def plot_heatmap(model: str, builds: list[BuildFigures], path: Path) -> bool:
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize="small")
     fig.colorbar(image, ax=ax, label="mean recovery")
     ax.set_title(f"{model}: mean recovery{_smoke(builds)}")
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -145,7 +145,7 @@ def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str,
               if b.size_bytes and y(b) is not None and abs(y(b)) < float("inf")]
     if not points:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([p[0] for p in points], [p[1] for p in points], color="#3b7dd8")
     for x, value, label in points:
@@ -158,7 +158,7 @@ def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str,
     ax.set_xlabel("size on disk (GB)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    _save(fig, path)
+    save(fig, path)
     return True
 
 

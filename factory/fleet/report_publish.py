@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.core.collection_title import check_title, title_for
 from factory.core.errors import FactoryError, UserError
 from factory.core.hub import card_metadata, verify
 from factory.recipe import hub_repo_id_problem
@@ -60,7 +61,7 @@ def check_report_repo(repo: str) -> None:
 def publish(made: Made, recipes: list[str], root: Path, target, org: str | None, repo: str, log=print) -> ReportPush:
     """`--push`: the report commit, then the Collections of the published builds. Everything that can be
     refused without writing (the repo id, the titles) is checked before either is written."""
-    from factory.fleet.hub_collections import check_title, sync_all, title_for
+    from factory.fleet.hub_collections import sync_all
 
     check_report_repo(repo)
     published = from_target(recipes, root, target, org)  # small reads: what the Collections will hold

@@ -18,6 +18,8 @@ from pathlib import Path
 import yaml
 
 from factory.core.code_digest import code_digest
+from factory.core.collection_title import title_for
+from factory.core.plots import pyplot, save
 
 from factory.pipeline.build import Build, StageResult, run_stage
 from factory.core.errors import UserError
@@ -31,7 +33,7 @@ from factory.recipe import PER_CHANNEL
 from factory.recipe.tasks import display_name
 
 TEMPLATES = TEMPLATES_DIR
-CARD_CODE = ("factory.stages.card", "factory.fleet.report", "factory.fleet.hub_collections")
+CARD_CODE = ("factory.stages.card", "factory.fleet.report", "factory.core.collection_title", "factory.core.plots")
 TEMPLATE = "model_card.md.j2"
 CARD_FILE = "README.md"
 RECOVERY_PLOT = "recovery.png"
@@ -159,8 +161,6 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
 
 def study_links(build: Build, repo_id: str) -> dict | None:
     """The report repo and the base model's Collection, where the recipe names a report (publish.report)."""
-    from factory.fleet.hub_collections import title_for
-
     report = build.recipe.publish.report
     if not report:
         return None
@@ -283,7 +283,7 @@ def find_siblings(build: Build) -> list[Sibling]:
 
 
 def plot_recovery(scores: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in score_rows(scores) if r["recovery"] is not None]
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.4))
     names = [f"{r['task']} ({r['metric']})" for r in rows]  # the card's table has the long names
@@ -294,11 +294,11 @@ def plot_recovery(scores: dict, path: Path) -> None:
     ax.set_xlim(0, max([1.05, *values]) * 1.05)
     ax.invert_yaxis()
     ax.set_title("Per-task recovery" + (" (smoke evaluation)" if scores.get("smoke") else ""))
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     entries = [(f"{build.recipe.name} (this)", scores.get("mean_recovery"))] + [
         (s.recipe, s.mean_recovery) for s in siblings]
     entries = [(name, value) for name, value in entries if value is not None]
@@ -309,24 +309,7 @@ def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: P
     ax.set_xlabel("mean recovery")
     ax.invert_yaxis()
     ax.set_title(f"Builds of {build.entry.id}")
-    _save(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on build machines
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same input, same bytes
-    plt.close(fig)
+    save(fig, path)
 
 
 # ---------------------------------------------------------------- small helpers
