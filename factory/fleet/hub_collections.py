@@ -21,7 +21,7 @@ from pathlib import Path
 
 from factory.core.collection_title import check_title, title_for
 from factory.core.errors import UserError
-from factory.fleet.report import BuildFigures
+from factory.stages.figures import BuildFigures, bits_of
 
 NOTE_MAX = 500  # the Hub's limit on an item's note (huggingface_hub's add_collection_item docstring)
 DESCRIPTION_MAX = 150  # the Hub's limit on a collection's description (ditto)
@@ -64,11 +64,9 @@ def wanted_items(builds: list[BuildFigures], report_repo: str | None) -> dict[tu
     for build in builds:
         if build.repo_id:
             groups.setdefault((build.repo_id.split("/")[0], build.model), []).append(build)
-    from factory.fleet.report import _sort_bits
-
     out = {}
     for key, members in groups.items():
-        members.sort(key=lambda b: (_sort_bits(b), b.method, b.repo_id))
+        members.sort(key=lambda b: (bits_of(b), b.method, b.repo_id))
         items = [Wanted(b.repo_id, note_for(b)) for b in members]
         if report_repo:
             items.append(Wanted(report_repo, f"The study: every build of {key[1]} in the paper's tables, with plots "

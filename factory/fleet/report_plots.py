@@ -13,7 +13,9 @@ from pathlib import Path
 
 from factory.core.plots import pyplot, save
 from factory.engines.base_models import slug
-from factory.fleet.report import PTQ_COLUMNS, BuildFigures, Report, primary
+from factory.fleet.report import Report
+from factory.stages.figures import BuildFigures, bits_of, primary
+from factory.stages.paper_table import PTQ_COLUMNS, Table, paper_row
 
 PERPLEXITY_TASKS = [c.task for c in PTQ_COLUMNS[:3]]  # WikiText2, C4, PTB: the paper's order
 
@@ -45,14 +47,6 @@ def write_plots(report: Report, out: Path) -> dict[str, list[str]]:
     return written
 
 
-def bits_of(build: BuildFigures) -> float:
-    """The bit width as the paper plots it (BiLLM's 1.1, PB-LLM's 1.7), else the recipe's."""
-    try:
-        return float(build.paper_bits)
-    except (TypeError, ValueError):
-        return float(build.bits)
-
-
 def _series(builds: list[BuildFigures]) -> dict[str, list[BuildFigures]]:
     methods: dict[str, list[BuildFigures]] = {}
     for build in sorted(builds, key=lambda b: (b.method, bits_of(b))):
@@ -65,8 +59,6 @@ def _smoke(builds: list[BuildFigures]) -> str:
 
 
 def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
-    from factory.fleet.report import _paper_row, Table
-
     task = perplexity_task(builds)
     if task is None:
         return False
@@ -82,7 +74,7 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
         color = f"C{index % 10}"
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", color=color, label=method)
         if column is not None:  # the paper's figure for the same setting, dashed
-            paper = [(bits_of(b), (_paper_row(table, b) or {}).get(column.paper_key)) for b in members]
+            paper = [(bits_of(b), (paper_row(table, b) or {}).get(column.paper_key)) for b in members]
             paper = [(x, y) for x, y in paper if y]
             if paper:
                 ax.plot([x for x, _ in paper], [y for _, y in paper], marker="x", linestyle="--", color=color,

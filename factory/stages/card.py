@@ -19,21 +19,26 @@ import yaml
 
 from factory.core.code_digest import code_digest
 from factory.core.collection_title import title_for
-from factory.core.plots import pyplot, save
-
-from factory.pipeline.build import Build, StageResult, run_stage
 from factory.core.errors import UserError
-from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.core.hub import card_metadata
 from factory.core.paths import TEMPLATES_DIR
-from factory.pipeline.manifest import MANIFEST, Manifest
+from factory.core.plots import pyplot, save
 from factory.engines.base_models import slug
-from factory.recipe.paper import CITATION, lora_ft_rows, paper_rows
+from factory.pipeline.build import Build, StageResult, run_stage
+from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
+from factory.pipeline.manifest import MANIFEST, Manifest
 from factory.recipe import PER_CHANNEL
+from factory.recipe.paper import CITATION, PAPER_MODELS, lora_ft_rows, paper_rows
 from factory.recipe.tasks import display_name
+from factory.stages.figures import figures_for
+from factory.stages.paper_table import paper_cells
 
 TEMPLATES = TEMPLATES_DIR
-CARD_CODE = ("factory.stages.card", "factory.fleet.report", "factory.core.collection_title", "factory.core.plots")
+# The code the card's files are made of, hashed into its fingerprint: this module (the text, the plots), the
+# paper row it quotes (the report's cells for this build), the record that row is computed from, the
+# Collection title it links to, and the plots' matplotlib settings.
+CARD_CODE = ("factory.stages.card", "factory.stages.paper_table", "factory.stages.figures",
+             "factory.core.collection_title", "factory.core.plots")
 TEMPLATE = "model_card.md.j2"
 CARD_FILE = "README.md"
 RECOVERY_PLOT = "recovery.png"
@@ -82,8 +87,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         "siblings": [s.__dict__ for s in siblings],
         "template": hashlib.sha256(template.read_bytes()).hexdigest(),
         "recipe_text": _recipe_text(build),
-        # the card's code, and the report's (the paper row quotes the report's cells, and the links name the
-        # report and the Collection): their syntax trees, so moving a module does not re-render every card
+        # the card's code (CARD_CODE: the paper row it shares with the report, the Collection it links to):
+        # their syntax trees, so moving a module does not re-render every card
         "code": code_digest(CARD_CODE),
     }
     fingerprint = digest(inputs)
@@ -168,13 +173,8 @@ def study_links(build: Build, repo_id: str) -> dict | None:
 
 
 def _ours_in_paper(build: Build, scores: dict, speed: dict | None, repo_id: str) -> list[str] | None:
-    from factory.recipe import paper
-    from factory.fleet.report import paper_cells
-
-    if build.entry.id not in paper.PAPER_MODELS or build.method.paper_name is None:
+    if build.entry.id not in PAPER_MODELS or build.method.paper_name is None:
         return None  # a model or method the paper did not measure: no row to quote
-    from factory.fleet.report_sources import figures_for
-
     return paper_cells(figures_for(build, scores, speed, repo_id))
 
 
