@@ -13,7 +13,8 @@ from conftest import REPO, run_factory
 from report_fakes import fake_build, scores_for, speed_for
 
 from factory.recipe.paper import lora_ft_rows, paper_rows
-from factory.fleet.report import build_report, markdown
+from factory.fleet.report import build_report
+from factory.fleet.report_markdown import markdown
 from factory.fleet.report_plots import pareto
 from factory.fleet.report_publish import make_report, push_report
 from factory.fleet.report_sources import local

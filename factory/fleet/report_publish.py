@@ -1,5 +1,6 @@
-"""`factory report`: read the builds (factory.fleet.report_sources), render the report in full (factory.fleet.report),
-and with `--push ORG/NAME` upload it as one verified commit, as `push` does for a build.
+"""`factory report`: read the builds (factory.fleet.report_sources), render the report in full (its tables:
+factory.fleet.report; its files: factory.fleet.report_files), and with `--push ORG/NAME` upload it as one
+verified commit, as `push` does for a build.
 
 The push is idempotent: the report's README carries a digest of every file (`factory.pipeline.fingerprint` in its
 front matter), and a target that already holds that digest is left alone. A repo that holds anything but a
@@ -17,7 +18,8 @@ from factory.core.hub import card_metadata, verify
 from factory.engines.base_models import slug
 from factory.fleet.hub_collections import sync_all
 from factory.fleet.plan import recipe_files
-from factory.fleet.report import README, Report, build_report, write
+from factory.fleet.report import Report, build_report
+from factory.fleet.report_files import README, write
 from factory.fleet.report_sources import Found, from_target, local
 from factory.recipe import hub_repo_id_problem, load_recipe
 
