@@ -13,10 +13,12 @@ from conftest import REPO, run_factory
 from report_fakes import fake_build, scores_for, speed_for
 
 from factory.recipe.paper import lora_ft_rows, paper_rows
-from factory.fleet.report import build_report, cell_text, markdown
+from factory.fleet.report import build_report
+from factory.fleet.report_markdown import markdown
 from factory.fleet.report_plots import pareto
 from factory.fleet.report_publish import make_report, push_report
 from factory.fleet.report_sources import local
+from factory.stages.paper_table import cell_text
 
 LLAMA = "meta-llama/Meta-Llama-3-8B"
 LLAVA = "llava-hf/llama3-llava-next-8b-hf"
@@ -245,9 +247,9 @@ def test_card_links_the_report_and_collection_and_quotes_the_reports_paper_row(e
     scores_file.write_text(json.dumps(scores))
     # the recipe's RTN W4A16-g32 has no paper row; the paper's RTN 4-bit g128 does: read the row for g128
     monkeypatch.setattr(paper, "paper_rows", lambda m, n, b, g, _rows=paper.paper_rows: _rows(m, n, b, 128))
-    import factory.fleet.report as report_module
+    import factory.stages.paper_table as paper_table
 
-    monkeypatch.setattr(report_module, "paper_rows", paper.paper_rows)
+    monkeypatch.setattr(paper_table, "paper_rows", paper.paper_rows)
     import factory.stages.card as card_module
 
     monkeypatch.setattr(card_module, "paper_rows", paper.paper_rows)

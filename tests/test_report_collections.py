@@ -13,7 +13,8 @@ from conftest import REPO, run_factory
 from hub_server import patch_hf_client
 from report_fakes import fake_build, scores_for
 
-from factory.fleet.hub_collections import TITLE_MAX, sync_all, title_for
+from factory.core.collection_title import TITLE_MAX, title_for
+from factory.fleet.hub_collections import sync_all
 from factory.fleet.report_publish import make_report, publish
 
 LLAMA = "meta-llama/Meta-Llama-3-8B"

@@ -19,14 +19,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.core.collection_title import check_title, title_for
 from factory.core.errors import UserError
-from factory.fleet.report import BuildFigures
+from factory.stages.figures import BuildFigures, bits_of
 
 NOTE_MAX = 500  # the Hub's limit on an item's note (huggingface_hub's add_collection_item docstring)
 DESCRIPTION_MAX = 150  # the Hub's limit on a collection's description (ditto)
-# The Hub does not document a title limit client-side; titles are kept to this so that they fit on its page.
-TITLE_MAX = 60
-TITLE_SUFFIX = " low-bit (factory)"
 
 
 @dataclass(frozen=True)
@@ -48,16 +46,6 @@ class Changes:
         return not (self.added or self.updated or self.removed or self.moved)
 
 
-def title_for(model_id: str) -> str:
-    return model_id.split("/")[-1] + TITLE_SUFFIX
-
-
-def check_title(title: str) -> None:
-    if len(title) > TITLE_MAX:
-        raise UserError(f"collection title {title!r} is {len(title)} characters, over the {TITLE_MAX} the factory "
-                        "allows; nothing was changed")
-
-
 def note_for(build: BuildFigures) -> str:
     parts = [f"{build.method} {build.scheme}", f"{build.paper_bits} bits"]
     if build.effective_bits is not None:
@@ -76,11 +64,9 @@ def wanted_items(builds: list[BuildFigures], report_repo: str | None) -> dict[tu
     for build in builds:
         if build.repo_id:
             groups.setdefault((build.repo_id.split("/")[0], build.model), []).append(build)
-    from factory.fleet.report import _sort_bits
-
     out = {}
     for key, members in groups.items():
-        members.sort(key=lambda b: (_sort_bits(b), b.method, b.repo_id))
+        members.sort(key=lambda b: (bits_of(b), b.method, b.repo_id))
         items = [Wanted(b.repo_id, note_for(b)) for b in members]
         if report_repo:
             items.append(Wanted(report_repo, f"The study: every build of {key[1]} in the paper's tables, with plots "

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from factory.stages.card import _pyplot, _save
+from factory.core.plots import pyplot, save
 from factory.engines.base_models import slug
-from factory.fleet.report import PTQ_COLUMNS, BuildFigures, Report, primary
+from factory.fleet.report import Report
+from factory.stages.figures import BuildFigures, bits_of, primary
+from factory.stages.paper_table import PTQ_COLUMNS, Table, paper_row
 
 PERPLEXITY_TASKS = [c.task for c in PTQ_COLUMNS[:3]]  # WikiText2, C4, PTB: the paper's order
 
@@ -45,14 +47,6 @@ def write_plots(report: Report, out: Path) -> dict[str, list[str]]:
     return written
 
 
-def bits_of(build: BuildFigures) -> float:
-    """The bit width as the paper plots it (BiLLM's 1.1, PB-LLM's 1.7), else the recipe's."""
-    try:
-        return float(build.paper_bits)
-    except (TypeError, ValueError):
-        return float(build.bits)
-
-
 def _series(builds: list[BuildFigures]) -> dict[str, list[BuildFigures]]:
     methods: dict[str, list[BuildFigures]] = {}
     for build in sorted(builds, key=lambda b: (b.method, bits_of(b))):
@@ -65,12 +59,10 @@ def _smoke(builds: list[BuildFigures]) -> str:
 
 
 def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
-    from factory.fleet.report import _paper_row, Table
-
     task = perplexity_task(builds)
     if task is None:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     column = next((c for c in PTQ_COLUMNS if c.task == task), None)
     table = Table("ptq", "", model, [])
@@ -82,7 +74,7 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
         color = f"C{index % 10}"
         ax.plot([x for x, _ in points], [y for _, y in points], marker="o", color=color, label=method)
         if column is not None:  # the paper's figure for the same setting, dashed
-            paper = [(bits_of(b), (_paper_row(table, b) or {}).get(column.paper_key)) for b in members]
+            paper = [(bits_of(b), (paper_row(table, b) or {}).get(column.paper_key)) for b in members]
             paper = [(x, y) for x, y in paper if y]
             if paper:
                 ax.plot([x for x, _ in paper], [y for _, y in paper], marker="x", linestyle="--", color=color,
@@ -95,7 +87,7 @@ def plot_perplexity(model: str, builds: list[BuildFigures], path: Path) -> bool:
     ax.set_ylabel(f"{task} perplexity (log scale)")
     ax.set_title(f"{model}: perplexity against bits{_smoke(builds)}")
     ax.legend(fontsize="small")
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -113,7 +105,7 @@ def plot_heatmap(model: str, builds: list[BuildFigures], path: Path) -> bool:
     grid = np.full((len(methods), len(bits)), np.nan)
     for (method, b), value in cells.items():
         grid[methods.index(method), bits.index(b)] = value
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 * len(bits) + 3, 0.5 * len(methods) + 1.8))
     image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(bits)), [f"{b:g}" for b in bits])
@@ -125,7 +117,7 @@ def plot_heatmap(model: str, builds: list[BuildFigures], path: Path) -> bool:
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize="small")
     fig.colorbar(image, ax=ax, label="mean recovery")
     ax.set_title(f"{model}: mean recovery{_smoke(builds)}")
-    _save(fig, path)
+    save(fig, path)
     return True
 
 
@@ -145,7 +137,7 @@ def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str,
               if b.size_bytes and y(b) is not None and abs(y(b)) < float("inf")]
     if not points:
         return False
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([p[0] for p in points], [p[1] for p in points], color="#3b7dd8")
     for x, value, label in points:
@@ -158,7 +150,7 @@ def _scatter(model: str, builds: list[BuildFigures], y, ylabel: str, title: str,
     ax.set_xlabel("size on disk (GB)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    _save(fig, path)
+    save(fig, path)
     return True
 
 

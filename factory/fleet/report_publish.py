@@ -1,5 +1,6 @@
-"""`factory report`: read the builds (factory.fleet.report_sources), render the report in full (factory.fleet.report),
-and with `--push ORG/NAME` upload it as one verified commit, as `push` does for a build.
+"""`factory report`: read the builds (factory.fleet.report_sources), render the report in full (its tables:
+factory.fleet.report; its files: factory.fleet.report_files), and with `--push ORG/NAME` upload it as one
+verified commit, as `push` does for a build.
 
 The push is idempotent: the report's README carries a digest of every file (`factory.pipeline.fingerprint` in its
 front matter), and a target that already holds that digest is left alone. A repo that holds anything but a
@@ -11,11 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from factory.core.collection_title import check_title, title_for
 from factory.core.errors import FactoryError, UserError
 from factory.core.hub import card_metadata, verify
-from factory.recipe import hub_repo_id_problem
-from factory.fleet.report import README, Report, build_report, write
+from factory.engines.base_models import slug
+from factory.fleet.hub_collections import sync_all
+from factory.fleet.plan import recipe_files
+from factory.fleet.report import Report, build_report
+from factory.fleet.report_files import README, write
 from factory.fleet.report_sources import Found, from_target, local
+from factory.recipe import hub_repo_id_problem, load_recipe
 
 
 @dataclass
@@ -60,8 +66,6 @@ def check_report_repo(repo: str) -> None:
 def publish(made: Made, recipes: list[str], root: Path, target, org: str | None, repo: str, log=print) -> ReportPush:
     """`--push`: the report commit, then the Collections of the published builds. Everything that can be
     refused without writing (the repo id, the titles) is checked before either is written."""
-    from factory.fleet.hub_collections import check_title, sync_all, title_for
-
     check_report_repo(repo)
     published = from_target(recipes, root, target, org)  # small reads: what the Collections will hold
     for model in sorted({b.model for b in published.builds}):
@@ -99,9 +103,6 @@ def push_report(files: dict[str, Path], target, repo: str, log=print) -> ReportP
 
 def reports_of(recipes: list[str]) -> dict[str, list[str]]:
     """{report repo: the recipe files that name it (publish.report)}."""
-    from factory.fleet.plan import recipe_files
-    from factory.recipe import load_recipe
-
     out: dict[str, list[str]] = {}
     for path in recipe_files(recipes):
         report = load_recipe(path).publish.report
@@ -113,8 +114,6 @@ def reports_of(recipes: list[str]) -> dict[str, list[str]]:
 def refresh_reports(recipes: list[str], root: Path, target, org: str | None, log=print) -> list[ReportPush]:
     """`factory rebuild`, after its builds: each report the recipes name, read back from the target and pushed
     (unchanged: nothing written), and the Collections brought up to date."""
-    from factory.engines.base_models import slug
-
     done = []
     for repo, paths in sorted(reports_of(recipes).items()):
         log(f"\nreport {repo} ({len(paths)} recipes)")

@@ -15,10 +15,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from factory.core.errors import FactoryError, UserError, first_line
+from factory.fleet.plan import lookups, recipe_files
+from factory.fleet.report import LeftOut
+from factory.methods import get_method
 from factory.pipeline.build import Build
-from factory.core.errors import UserError
 from factory.pipeline.manifest import MANIFEST, Manifest
-from factory.fleet.report import BuildFigures, LeftOut, parse_scores
+from factory.recipe import load_recipe
+from factory.stages.card import BUILD_FILE
+from factory.stages.figures import BuildFigures, build_figures, relative
+from factory.stages.push import resolve_repo_id
 
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt")
 
@@ -35,10 +41,31 @@ class Found:
             self.warnings.append(f"warning: {reason}" + ("" if "left out" in reason else "; left out of the report"))
 
 
-def recipe_builds(recipe_paths: list[str], root: Path) -> list[Build]:
-    from factory.fleet.plan import recipe_files
-    from factory.recipe import load_recipe
+def check_scores(data, where: str) -> str | None:
+    """Why `data` (a parsed scores.json) is not a factory evaluation, or None when it is."""
+    if not isinstance(data, dict):
+        return f"{where}: not a factory evaluation (a JSON {type(data).__name__}, not an object)"
+    tasks = data.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        return f"{where}: not a factory evaluation (no 'tasks' scores)"
+    for task, metrics in tasks.items():
+        if not isinstance(metrics, dict) or not all(
+                isinstance(row, dict) and "quantized" in row and "primary" in row for row in metrics.values()):
+            return f"{where}: not a factory evaluation (task {task!r} has no base/quantized figures)"
+    return None
 
+
+def parse_scores(text: str, where: str) -> tuple[dict | None, str | None]:
+    """(scores, None) or (None, the one line saying what is wrong with `where`)."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        return None, f"{where}: not valid JSON (truncated?): {exc.msg} at line {exc.lineno}"
+    problem = check_scores(data, where)
+    return (None, problem) if problem else (data, None)
+
+
+def recipe_builds(recipe_paths: list[str], root: Path) -> list[Build]:
     builds = []
     for path in recipe_files(recipe_paths):
         recipe = load_recipe(path)
@@ -47,9 +74,6 @@ def recipe_builds(recipe_paths: list[str], root: Path) -> list[Build]:
 
 
 def _repo(build: Build, target, org: str | None) -> str | None:
-    from factory.core.errors import FactoryError
-    from factory.stages.push import resolve_repo_id
-
     if target is None:
         return None
     try:
@@ -58,41 +82,10 @@ def _repo(build: Build, target, org: str | None) -> str | None:
         return None
 
 
-def _figures(build: Build, settings_data, record: dict, scores: dict, speed: dict | None, source: str,
-             repo_id: str | None, commit: str | None, size_bytes: int | None) -> BuildFigures:
-    from factory.methods import get_method
-    from factory.recipe import Settings
-
-    settings = Settings.model_validate(settings_data) if settings_data is not None else build.settings
-    method = get_method(settings.method)
-
-    class _Record(dict):
-        def get(self, name, default=None):  # the shape of StageRecord.get
-            value = super().get(name)
-            return default if value is None else value
-
-    bits, how = method.effective_bits(settings, _Record(record))
-    return BuildFigures(
-        source=source, commit=commit, repo_id=repo_id, recipe=build.recipe.name, model=build.entry.id,
-        kind=settings.kind, method=method.name, paper_name=method.paper_name,
-        paper_bits=method.paper_bits_label(settings), bits=settings.bits, group_size=settings.group_size,
-        scheme=settings.scheme_label, output_format=method.output_format, finetune=settings.finetune is not None,
-        scores=scores, speed=speed, size_bytes=size_bytes, effective_bits=bits, effective_bits_source=how)
-
-
-def figures_for(build: Build, scores: dict, speed: dict | None, repo_id: str | None) -> BuildFigures:
-    """One local build as the report reads it, from figures already loaded (the card stage's)."""
-    manifest = Manifest.read(build.dir / MANIFEST)
-    record = manifest.stage(build.artifact_stage)
-    data = record.model_dump() if record is not None else {}
-    return _figures(build, (manifest.fingerprint_inputs or {}).get("settings"), data, scores, speed,
-                    _relative(build.dir, build.root), repo_id, None, data.get("size_bytes"))
-
-
 def local(recipe_paths: list[str], root: Path, target=None, org: str | None = None) -> Found:
     found = Found()
     for build in recipe_builds(recipe_paths, root):
-        source = _relative(build.dir, root)
+        source = relative(build.dir, root)
         scores_file = build.stage_dir("evaluate") / "scores.json"
         manifest = Manifest.read(build.dir / MANIFEST)
         evaluate = manifest.stage("evaluate")
@@ -100,43 +93,39 @@ def local(recipe_paths: list[str], root: Path, target=None, org: str | None = No
             found.leave_out(source, "not evaluated yet" + ("" if build.dir.is_dir() else " (no build folder)"))
             continue
         scores, problem = parse_scores(scores_file.read_text(encoding="utf-8", errors="replace"),
-                                       _relative(scores_file, root))
+                                       relative(scores_file, root))
         if problem:
             found.leave_out(source, problem, warn=True)
             continue
         settings = (manifest.fingerprint_inputs or {}).get("settings")
         if settings is None:
-            found.leave_out(source, f"{_relative(build.dir / MANIFEST, root)}: no build settings (unreadable "
+            found.leave_out(source, f"{relative(build.dir / MANIFEST, root)}: no build settings (unreadable "
                             "or foreign manifest)", warn=True)
             continue
         speed = None
         speed_record, speed_file = manifest.stage("speed"), build.stage_dir("speed") / "speed.json"
         if speed_record is not None and speed_record.status == "done" and speed_file.is_file():
-            speed = _json(speed_file.read_text(encoding="utf-8", errors="replace"), _relative(speed_file, root),
+            speed = _json(speed_file.read_text(encoding="utf-8", errors="replace"), relative(speed_file, root),
                           found)
         artifact = None
         try:
-            from factory.methods import get_method
-
             artifact = manifest.stage(get_method(settings.get("method", "")).stage)
         except UserError as exc:
-            found.leave_out(source, f"{_relative(build.dir / MANIFEST, root)}: {exc}", warn=True)
+            found.leave_out(source, f"{relative(build.dir / MANIFEST, root)}: {exc}", warn=True)
             continue
         record = artifact.model_dump() if artifact is not None else {}
         push = manifest.stage("push")
         try:
-            found.builds.append(_figures(build, settings, record, scores, speed, source, _repo(build, target, org),
-                                         push.get("commit") if push else None, record.get("size_bytes")))
+            found.builds.append(build_figures(build, settings, record, scores, speed, source,
+                                              _repo(build, target, org), push.get("commit") if push else None,
+                                              record.get("size_bytes")))
         except (UserError, ValueError) as exc:
-            found.leave_out(source, f"{_relative(build.dir / MANIFEST, root)}: {first_line(exc)}", warn=True)
+            found.leave_out(source, f"{relative(build.dir / MANIFEST, root)}: {first_line(exc)}", warn=True)
     return found
 
 
 def from_target(recipe_paths: list[str], root: Path, target, org: str | None = None) -> Found:
     """Every repo the recipes publish, read back from `target`: small files only."""
-    from factory.stages.card import BUILD_FILE
-    from factory.fleet.plan import lookups
-
     found = Found()
     builds = recipe_builds(recipe_paths, root)
     repos = [_repo(build, target, org) for build in builds]
@@ -172,8 +161,8 @@ def from_target(recipe_paths: list[str], root: Path, target, org: str | None = N
             sizes = target.file_sizes(repo, remote.commit)
             size = sum(n for path, n in sizes.items() if path.endswith(WEIGHT_SUFFIXES)) or None
         try:
-            found.builds.append(_figures(build, record.get("settings"), artifact, scores, speed, repo, repo,
-                                         remote.commit, size))
+            found.builds.append(build_figures(build, record.get("settings"), artifact, scores, speed, repo, repo,
+                                              remote.commit, size))
         except (UserError, ValueError) as exc:
             found.leave_out(repo, f"{repo}: {BUILD_FILE}: {first_line(exc)}", warn=True)
     return found
@@ -187,16 +176,3 @@ def _json(text: str, where: str, found: Found):
                         warn=True)
         return None
     return data if isinstance(data, dict) else None
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def first_line(exc: BaseException) -> str:
-    from factory.core.errors import first_line as line
-
-    return line(exc)

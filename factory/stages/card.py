@@ -18,24 +18,31 @@ from pathlib import Path
 import yaml
 
 from factory.core.code_digest import code_digest
-
-from factory.pipeline.build import Build, StageResult, run_stage
+from factory.core.collection_title import title_for
 from factory.core.errors import UserError
-from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.core.hub import card_metadata
 from factory.core.paths import TEMPLATES_DIR
+from factory.core.plots import pyplot, save
 from factory.core.tables import num, text_table
+from factory.engines.base_models import slug
+from factory.engines.lora.train import LOSS_PNG
+from factory.pipeline.build import Build, StageResult, run_stage
+from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.pipeline.manifest import MANIFEST, Manifest
 from factory.pipeline.stage import Options, Stage
 from factory.stages.push import repo_for
-from factory.engines.base_models import slug
-from factory.engines.lora.train import LOSS_PNG
-from factory.recipe.paper import CITATION, lora_ft_rows, paper_rows
 from factory.recipe import PER_CHANNEL
+from factory.recipe.paper import CITATION, PAPER_MODELS, lora_ft_rows, paper_rows
 from factory.recipe.tasks import display_name
+from factory.stages.figures import figures_for
+from factory.stages.paper_table import paper_cells
 
 TEMPLATES = TEMPLATES_DIR
-CARD_CODE = ("factory.stages.card", "factory.fleet.report", "factory.fleet.hub_collections")
+# The code the card's files are made of, hashed into its fingerprint: this module (the text, the plots), the
+# paper row it quotes (the report's cells for this build), the record that row is computed from, the
+# Collection title it links to, and the plots' matplotlib settings.
+CARD_CODE = ("factory.stages.card", "factory.stages.paper_table", "factory.stages.figures",
+             "factory.core.collection_title", "factory.core.plots")
 TEMPLATE = "model_card.md.j2"
 CARD_FILE = "README.md"
 RECOVERY_PLOT = "recovery.png"
@@ -81,8 +88,8 @@ def card(build: Build, repo_id: str) -> StageResult:
         "siblings": [s.__dict__ for s in siblings],
         "template": hashlib.sha256(template.read_bytes()).hexdigest(),
         "recipe_text": _recipe_text(build),
-        # the card's code, and the report's (the paper row quotes the report's cells, and the links name the
-        # report and the Collection): their syntax trees, so moving a module does not re-render every card
+        # the card's code (CARD_CODE: the paper row it shares with the report, the Collection it links to):
+        # their syntax trees, so moving a module does not re-render every card
         "code": code_digest(CARD_CODE),
     }
     fingerprint = digest(inputs)
@@ -160,8 +167,6 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
 
 def study_links(build: Build, repo_id: str) -> dict | None:
     """The report repo and the base model's Collection, where the recipe names a report (publish.report)."""
-    from factory.fleet.hub_collections import title_for
-
     report = build.recipe.publish.report
     if not report:
         return None
@@ -169,13 +174,8 @@ def study_links(build: Build, repo_id: str) -> dict | None:
 
 
 def _ours_in_paper(build: Build, scores: dict, speed: dict | None, repo_id: str) -> list[str] | None:
-    from factory.recipe import paper
-    from factory.fleet.report import paper_cells
-
-    if build.entry.id not in paper.PAPER_MODELS or build.method.paper_name is None:
+    if build.entry.id not in PAPER_MODELS or build.method.paper_name is None:
         return None  # a model or method the paper did not measure: no row to quote
-    from factory.fleet.report_sources import figures_for
-
     return paper_cells(figures_for(build, scores, speed, repo_id))
 
 
@@ -296,7 +296,7 @@ def find_siblings(build: Build) -> list[Sibling]:
 
 
 def plot_recovery(scores: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in score_rows(scores) if r["recovery"] is not None]
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(rows), 2) + 1.4))
     names = [f"{r['task']} ({r['metric']})" for r in rows]  # the card's table has the long names
@@ -307,11 +307,11 @@ def plot_recovery(scores: dict, path: Path) -> None:
     ax.set_xlim(0, max([1.05, *values]) * 1.05)
     ax.invert_yaxis()
     ax.set_title("Per-task recovery" + (" (smoke evaluation)" if scores.get("smoke") else ""))
-    _save(fig, path)
+    save(fig, path)
 
 
 def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     entries = [(f"{build.recipe.name} (this)", scores.get("mean_recovery"))] + [
         (s.recipe, s.mean_recovery) for s in siblings]
     entries = [(name, value) for name, value in entries if value is not None]
@@ -322,24 +322,7 @@ def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: P
     ax.set_xlabel("mean recovery")
     ax.invert_yaxis()
     ax.set_title(f"Builds of {build.entry.id}")
-    _save(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on build machines
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version stamp: same input, same bytes
-    plt.close(fig)
+    save(fig, path)
 
 
 # ---------------------------------------------------------------- small helpers
