@@ -1,13 +1,12 @@
 """Errors the CLI turns into one line and an exit code (2 bad input, 1 anything else)."""
 
 from __future__ import annotations
+from factory.core.redact import scrub
 
 
 def first_line(error: BaseException | str) -> str:
     """The first line of an error's text: one-line messages never carry a traceback, a server page or a
     credential (a server may echo the request's Authorization header in its error body)."""
-    from factory.core.redact import scrub
-
     return scrub((str(error).strip().splitlines() or [""])[0])
 
 

@@ -7,14 +7,13 @@ import contextlib
 from pathlib import Path
 
 from factory.core.errors import UserError
+from factory.engines.base_models import gguf_origin
 
 
 @contextlib.contextmanager
 def llama_cpp_vocab(base_dir: Path):
     """While auto-round exports `base_dir`, write the tokenizer as factory/methods/gguf.py describes."""
     from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
-
-    from factory.engines.base_models import gguf_origin
 
     conversion = get_conversion(base_dir)
     hparams = conversion.ModelBase.load_hparams(Path(base_dir), False)

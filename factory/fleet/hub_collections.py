@@ -22,6 +22,9 @@ from pathlib import Path
 from factory.core.collection_title import check_title, title_for
 from factory.core.errors import UserError
 from factory.stages.figures import BuildFigures, bits_of
+from factory.core.hub import Hub, LocalFolder
+from factory.core.hub import hub_errors
+from factory.core.safepath import segment
 
 NOTE_MAX = 500  # the Hub's limit on an item's note (huggingface_hub's add_collection_item docstring)
 DESCRIPTION_MAX = 150  # the Hub's limit on a collection's description (ditto)
@@ -120,8 +123,6 @@ class HubCollections:
         self.hub = hub
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from factory.core.hub import hub_errors
-
         self.hub.require_token()
         with hub_errors(what, ""):
             return fn(*args, **kwargs)
@@ -159,8 +160,6 @@ class FolderCollections:
         self.root = root
 
     def _path_for(self, namespace: str, title: str) -> Path:
-        from factory.core.safepath import segment
-
         words = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "collection"
         return self.root / ".collections" / segment(namespace, "collection namespace") / f"{words}.json"
 
@@ -219,8 +218,6 @@ class FolderCollections:
 
 def store_for(target):
     """The Collections of a target: the Hub's, or a local folder's files."""
-    from factory.core.hub import Hub, LocalFolder
-
     if isinstance(target, Hub):
         return HubCollections(target)
     if isinstance(target, LocalFolder):

@@ -26,6 +26,8 @@ from factory.recipe import Recipe, load_recipe
 from factory.recipe.paths import DEFAULT_PATTERN
 from factory.recipe.paths import recipe_files as expand_recipe_paths
 from factory.fleet.runners import Tier, model_params_b, runner_for, tiers
+from factory.recipe.eval_plan import EvalPlan
+from factory.stages.evaluate.base_store import base_identity, store_has, store_path
 
 
 
@@ -181,8 +183,6 @@ def base_jobs(rows: list[PlanRow], include_fresh: bool = False, check_store: boo
     the store does not hold yet: the recipe and model of its first build, the store and the file, and
     the runner its model's size needs."""
     available = runner_tiers if runner_tiers is not None else tiers()
-    from factory.stages.evaluate.base_store import base_identity, store_has, store_path
-    from factory.recipe.eval_plan import EvalPlan
 
     groups: dict[tuple[str, str], list[PlanRow]] = {}
     recipes: dict[str, Recipe] = {}

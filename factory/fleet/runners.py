@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError
 
 from factory.core.errors import UserError
+from factory.engines.base_models import _read_local_config
 
 if TYPE_CHECKING:
     from factory.recipe import ModelEntry
@@ -99,8 +100,6 @@ def params_from_id(model_id: str) -> float | None:
 
 
 def model_params_b(entry: "ModelEntry", recipe_dir: Path) -> float | None:
-    from factory.engines.base_models import _read_local_config
-
     try:
         config = _read_local_config(entry, recipe_dir)
     except (OSError, ValueError):

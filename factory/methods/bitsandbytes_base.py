@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.methods.base import CardFacts, QuantMethod
+from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
 
 if TYPE_CHECKING:
     from factory.recipe import Settings
@@ -29,8 +30,6 @@ class BitsAndBytesMethod(QuantMethod):
 
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         import torch
-
-        from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
 
         reset_gpu_peak()
         model = model_class(settings.kind).from_pretrained(

@@ -17,6 +17,7 @@ from pydantic import Field
 from factory.methods.base import PER_CHANNEL, CardFacts
 from factory.methods.simulated_base import SimulatedMethod, skip_patterns
 from factory.recipe import MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, MAX_STEPS, Strict
+from factory.engines.calibration import calibration_windows
 
 if TYPE_CHECKING:
     from factory.recipe import Settings
@@ -108,8 +109,6 @@ class DBLLM(SimulatedMethod):
                 special_ids=tokenizer.all_special_ids, greedy_tokens=o.greedy_tokens, pad_token_id=pad)
             data = {"data": "generated", "sequences": o.samples, "seq_len": o.seq_len}
         else:
-            from factory.engines.calibration import calibration_windows
-
             sequences = calibration_windows(settings.calibration, tokenizer, recipe_dir)
             data = {"data": "calibration", "sequences": len(sequences), "seq_len": settings.calibration.seq_len,
                     "source": settings.calibration.source}

@@ -43,6 +43,15 @@ from pydantic import Field, field_validator, model_serializer
 
 from factory.methods.base import CardFacts, QuantMethod
 from factory.recipe import Strict
+from factory.engines import gguf_importance
+from factory.engines import gguf_importance as gi
+from factory.engines.calibration import calibration_windows
+from factory.engines.gguf_importance import MEASURED
+from factory.engines.gguf_vocab import check_tokenizer
+from factory.engines.gguf_vocab import field_value
+from factory.engines.gguf_vocab import llama_cpp_vocab
+from factory.engines.llama_cpp import check_loads
+from factory.engines.loading import compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe, Settings
@@ -155,8 +164,6 @@ class GGUF(QuantMethod):
         import torch
         from auto_round import AutoRound
 
-        from factory.engines.loading import compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
-
         gguf_type = self.gguf_type(settings)
         scheme = f"gguf:{gguf_type.lower()}"
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -165,15 +172,10 @@ class GGUF(QuantMethod):
         tokenizer = load_preprocessor(settings.kind, base_dir)
         model = model_class(settings.kind).from_pretrained(base_dir, dtype=dtype)
         staging = out_dir / ".auto-round"
-        from factory.engines.gguf_vocab import llama_cpp_vocab
-
-        from factory.engines import gguf_importance
 
         importance = self.uses_calibration(self.options(settings))
         rounding, windows = dict(iters=0, disable_opt_rtn=True), None
         if importance:
-            from factory.engines.calibration import calibration_windows
-
             windows = calibration_windows(settings.calibration, tokenizer, recipe_dir)
             rounding = gguf_importance.rounder_kwargs(windows)
         with llama_cpp_vocab(base_dir), gguf_importance.captured_importance() as sums:
@@ -190,7 +192,6 @@ class GGUF(QuantMethod):
             facts["importance"] = _publish_importance(out_dir, target, gguf_type, sums, settings, recipe_dir, windows)
         if facts["file_type"] != gguf_type:
             raise RuntimeError(f"the GGUF says file type {facts['file_type']}, not {gguf_type}")
-        from factory.engines.gguf_vocab import check_tokenizer
 
         facts["tokenizer_check"] = check_tokenizer(target, base_dir)
         # llama.cpp and Ollama format chat prompts with the file's own template: it must be the base's
@@ -199,7 +200,6 @@ class GGUF(QuantMethod):
             raise RuntimeError(f"{target.name} does not carry the base model's chat template "
                                f"(tokenizer.chat_template {'differs' if template else 'is missing'})")
         facts["chat_template"] = bool(template)
-        from factory.engines.llama_cpp import check_loads
 
         check_loads(target)  # the runtime users run must load it: else one line with llama.cpp's reason
         return {"engine": "auto-round GGUF export (llama.cpp conversion)", "format": self.output_format,
@@ -225,7 +225,6 @@ class GGUF(QuantMethod):
             f"llama-server -hf {{repo_id}}:{gguf_type}\n"
             f"ollama run hf.co/{{repo_id}}:{gguf_type}\n"
             "```")
-        from factory.engines.gguf_importance import MEASURED
 
         importance = self.uses_calibration(self.options(settings))
         rounding = ("K-quant rounding weighted by an importance matrix from calibration data" if importance
@@ -252,8 +251,6 @@ def _publish_importance(out_dir: Path, target: Path, gguf_type: str, sums: dict,
     """The importance matrix and the calibration set's identity, beside the file (gguf_importance)."""
     import json
 
-    from factory.engines import gguf_importance as gi
-
     identity = gi.calibration_identity(settings.calibration, recipe_dir, windows)
     imatrix = out_dir / gi.imatrix_file_name(gguf_type)
     covered = gi.write_imatrix(imatrix, sums, target, gi.dataset_label(identity), settings.calibration.seq_len,
@@ -269,8 +266,6 @@ def write_unquantized(base_dir: Path, target: Path, ftype: str = "F16") -> Path:
     that a GGUF build is measured against in llama.cpp."""
     import gguf
     from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
-
-    from factory.engines.gguf_vocab import llama_cpp_vocab
 
     file_types = {"F16": gguf.LlamaFileType.MOSTLY_F16, "BF16": gguf.LlamaFileType.MOSTLY_BF16}
     with llama_cpp_vocab(base_dir):
@@ -292,8 +287,6 @@ def chat_template_of(path: Path) -> str | None:
     """The chat template a GGUF carries (`tokenizer.chat_template`), as llama.cpp and Ollama read it."""
     from gguf import GGUFReader
 
-    from factory.engines.gguf_vocab import field_value
-
     return field_value(GGUFReader(path), "tokenizer.chat_template")
 
 
@@ -302,8 +295,6 @@ def describe_gguf(path: Path) -> dict:
     from collections import Counter
 
     from gguf import GGUFReader, LlamaFileType
-
-    from factory.engines.gguf_vocab import field_value
 
     reader = GGUFReader(path)
 

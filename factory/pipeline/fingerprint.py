@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from factory.core.code_digest import code_digest as code_digest  # re-exported for the fingerprint readers
+from factory.engines.base_models import source_revision
+from factory.engines.calibration import calibration_digest
+from factory.engines.lora.data import ALPACA_HUB_ID, DEMO_FILE
+from factory.recipe import settings_json
+from factory.recipe.eval_plan import EvalPlan
 
 # Every build's weights depend on these; a method adds the libraries it quantizes with.
 BASE_LIBRARIES = ("torch", "transformers")
@@ -43,10 +48,6 @@ def library_versions(names: tuple[str, ...] = BASE_LIBRARIES) -> dict[str, str]:
 
 def build_inputs(build) -> dict:
     """What the build fingerprint hashes."""
-    from factory.engines.calibration import calibration_digest
-    from factory.engines.base_models import source_revision
-    from factory.recipe import settings_json
-
     settings = build.settings
     code = build.method.code_digest()
     return {
@@ -64,8 +65,6 @@ def finetune_data_digest(ft, recipe_dir: Path) -> str:
     """The training data: a local file's (or the bundled demo set's) content; the Hub dataset's id."""
     import hashlib
 
-    from factory.engines.lora.data import ALPACA_HUB_ID, DEMO_FILE
-
     if ft.data.source == "alpaca":
         return f"hub:{ALPACA_HUB_ID}"
     path = DEMO_FILE if ft.data.source == "demo" else recipe_dir / ft.data.path
@@ -73,8 +72,6 @@ def finetune_data_digest(ft, recipe_dir: Path) -> str:
 
 
 def evaluation_fingerprint(build) -> str:
-    from factory.recipe.eval_plan import EvalPlan
-
     plan = EvalPlan.for_model(build.recipe.evaluation, build.entry.kind)
     return digest([build.fingerprint(), plan.key()])
 

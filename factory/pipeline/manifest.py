@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from factory.core.redact import scrub
 
 MANIFEST = "manifest.json"
 
@@ -69,7 +70,6 @@ class Manifest(BaseModel):
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        from factory.core.redact import scrub
 
         # No credential reaches the file, whatever an error message carried (factory.core.redact).
         tmp.write_text(scrub(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)) + "\n")

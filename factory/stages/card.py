@@ -36,6 +36,7 @@ from factory.recipe.paper import CITATION, PAPER_MODELS, lora_ft_rows, paper_row
 from factory.recipe.tasks import display_name
 from factory.stages.figures import figures_for
 from factory.stages.paper_table import paper_cells
+from factory.recipe import Settings
 
 TEMPLATES = TEMPLATES_DIR
 # The code the card's files are made of, hashed into its fingerprint: this module (the text, the plots), the
@@ -277,7 +278,6 @@ def find_siblings(build: Build) -> list[Sibling]:
         build_dir = scores_path.parent.parent
         if build_dir == build.dir:
             continue
-        from factory.recipe import Settings
 
         manifest = Manifest.read(build_dir / MANIFEST)
         try:

@@ -16,6 +16,9 @@ import json
 from pathlib import Path
 
 from factory.core.paths import DATA_DIR
+from factory.core.errors import UserError
+from factory.core.net import configure_hub_client, hub_timeout
+from factory.core.safepath import COMMIT
 
 DEMO_FILE = DATA_DIR / "demo_alpaca.jsonl"
 ALPACA_HUB_ID = "tatsu-lab/alpaca"
@@ -99,14 +102,9 @@ def check_file(path: Path) -> str | None:
 def alpaca_commit(revision: str) -> str:
     """The commit of tatsu-lab/alpaca that `revision` (branch, tag or commit) names now: the data is read at
     that commit and the card records it, so a build says exactly which Alpaca it was trained on."""
-    from factory.core.errors import UserError
-    from factory.core.safepath import COMMIT
-
     if COMMIT.fullmatch(revision):
         return revision
     from huggingface_hub import HfApi
-
-    from factory.core.net import configure_hub_client, hub_timeout
 
     configure_hub_client()
     try:
@@ -125,8 +123,6 @@ def load_records(source: str, path: Path | None = None, samples: int | None = No
     elif source == "file":
         records = read_file(path)
     elif source == "alpaca":
-        from factory.core.errors import UserError
-
         try:
             from datasets import load_dataset
 

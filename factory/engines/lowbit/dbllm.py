@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from factory.engines.lowbit import decoder_layers
 
 SCALE_CANDIDATES = 20  # int2 steps searched, from the one that reaches both tails down to 0.2 of it (ours)
 
@@ -147,8 +148,6 @@ class FlexibleDualBinarization(nn.Module):
 
 def target_linears(model: nn.Module, skip: Sequence[str]) -> dict[str, nn.Linear]:
     """Every nn.Linear of the text decoder's layers whose full name matches no `skip` pattern."""
-    from factory.engines.lowbit import decoder_layers
-
     layers = decoder_layers(model)
     prefix = next(name for name, module in model.named_modules() if module is layers)
     out = {}

@@ -30,6 +30,7 @@ from factory.recipe.eval_plan import BUNDLED_TASKS, EvalPlan
 from factory.stages.evaluate.scores import check_gates, compare
 from factory.pipeline.fingerprint import evaluation_fingerprint, library_versions
 from factory.engines.base_models import fetch_base
+from factory.engines.loading import compute_dtype, text_tokenizer
 
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.json"
@@ -161,8 +162,6 @@ def measure(plan: EvalPlan, adapter, artifact: Artifact, out: Path) -> dict:
 def paper_perplexity(plan: EvalPlan, artifact: Artifact, where: "placement.Placement | None" = None
                      ) -> tuple[dict[str, float], str]:
     import torch
-
-    from factory.engines.loading import compute_dtype, text_tokenizer
 
     tokenizer = text_tokenizer(artifact.preprocessor(plan.kind))
     # the perplexity runs in transformers whatever the harness's backend; a sharded placement shards it too

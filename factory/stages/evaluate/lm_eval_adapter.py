@@ -13,6 +13,7 @@ import yaml
 from factory.core.errors import UserError, first_line
 from factory.recipe.eval_plan import BUNDLED_TASKS, TASKS_DIR, EvalPlan
 from factory.recipe.tasks import reported_tasks
+from factory.engines.loading import compute_dtype
 
 RAW_FILE = "lm_eval_results.json"
 
@@ -60,8 +61,6 @@ def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) ->
     One harness pass per few-shot count (the paper suite: MMLU 5-shot, the rest 0-shot), all on one
     loaded model; the passes' outputs are merged into one raw file."""
     import lm_eval
-
-    from factory.engines.loading import compute_dtype
 
     if plan.backend == "vllm":
         model, args = "vllm", {**artifact.harness_model_args(), "dtype": "auto", "seed": plan.seed}

@@ -19,6 +19,7 @@ from factory.core.errors import UserError
 from factory.stages.evaluate.lm_eval_adapter import Measured, dataset_unavailable, directions, flatten
 from factory.recipe.eval_plan import TASKS_DIR, EvalPlan
 from factory.core.paths import cache_root
+from factory.engines.loading import compute_dtype
 
 LMMS_TASKS = TASKS_DIR / "lmms"
 RAW_FILE = "lmms_eval_results.json"
@@ -57,8 +58,6 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
 
 def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) -> Measured:
     from lmms_eval.evaluator import simple_evaluate
-
-    from factory.engines.loading import compute_dtype
 
     if artifact.kind != "checkpoint":
         raise UserError("evaluation: lmms-eval's llava_hf model loads whole checkpoints, not adapters")

@@ -48,6 +48,13 @@ from factory.core.errors import UserError, first_line
 from factory.pipeline.fingerprint import BASE_LIBRARIES, digest, library_versions
 from factory.engines.base_models import fetch_base, slug, source_revision
 from factory.core.paths import cache_root
+from factory.engines.llama_cpp import LoadError
+from factory.engines.llama_cpp import default_threads
+from factory.pipeline.artifact import Artifact
+from factory.stages.speed.base_gguf import base_gguf
+from factory.stages.speed.base_gguf import identity as gguf_identity
+from factory.stages.speed.runtime_quality import quality_figures, score_request
+from factory.stages.speed.runtime_quality import score_request
 
 if TYPE_CHECKING:
     from factory.pipeline.artifact import Artifact
@@ -128,8 +135,6 @@ def device_name(runtime: str = "transformers") -> str:
     except OSError:
         pass
     if runtime == "llama.cpp":
-        from factory.engines.llama_cpp import default_threads
-
         return f"CPU {cpu}, {default_threads()} threads"
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
@@ -163,8 +168,6 @@ def speed(build: Build, log=print) -> StageResult:
                   "build": measured, "base": base, "base_source": source,
                   "served_as": served_as(runtime, artifact, measured)}
         if runtime == "llama.cpp":
-            from factory.stages.speed.runtime_quality import quality_figures, score_request
-
             log("  speed: scoring the build against the base's F16 GGUF in llama.cpp")
             base_scores = base_score(build, device, log)
             scores = run_measurement(runtime, build.entry.kind, artifact, settings, task=score_request(build, artifact))
@@ -178,11 +181,7 @@ def speed(build: Build, log=print) -> StageResult:
 
 def base_artifact(build: Build, runtime: str, log=print) -> "Artifact":
     """The base model as the runtime loads it: its checkpoint, or for llama.cpp its F16 GGUF."""
-    from factory.pipeline.artifact import Artifact
-
     if runtime == "llama.cpp":
-        from factory.stages.speed.base_gguf import base_gguf
-
         return Artifact("gguf", base_gguf(build.entry, build.recipe_dir, log).parent)
     return Artifact("checkpoint", fetch_base(build.entry, build.recipe_dir).path)
 
@@ -210,8 +209,6 @@ def _base_identity(build: Build, runtime: str, device: str, settings: dict) -> d
                 "kind": build.entry.kind, "settings": settings, "runtime": runtime, "device": device,
                 "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]), "format": SPEED_FORMAT}
     if runtime == "llama.cpp":
-        from factory.stages.speed.base_gguf import identity as gguf_identity
-
         identity["gguf"] = gguf_identity(build.entry, build.recipe_dir)
     return identity
 
@@ -227,8 +224,6 @@ def base_speed(build: Build, runtime: str, device: str, log=print) -> tuple[dict
 
 def base_score(build: Build, device: str, log=print) -> dict:
     """The base F16 GGUF's teacher-forced figures in llama.cpp (factory.stages.speed.runtime_quality), measured once."""
-    from factory.stages.speed.runtime_quality import score_request
-
     quality = build.recipe.evaluation.speed.quality
     identity = _base_identity(build, "llama.cpp", device, {"quality": quality.model_dump(mode="json")})
 
@@ -289,7 +284,6 @@ def run_measurement(runtime: str, kind: str, artifact: "Artifact", settings: "Sp
             lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
             last = lines[-1] if lines else f"exit {done.returncode}"
             if "LoadError: " in last:  # llama.cpp refused the file: its own reason, and the file's name
-                from factory.engines.llama_cpp import LoadError
 
                 raise LoadError(first_line(last.split("LoadError: ", 1)[1]))
             raise RuntimeError(f"the {runtime} {'scoring' if task else 'speed measurement'} of {artifact.path} "

@@ -19,6 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
+from factory.engines.base_models import fetch_base
+from factory.engines.llama_cpp import chat, generate, open_server, score_windows
+from factory.engines.llama_cpp import compare
+from factory.engines.loading import load_preprocessor
+from factory.stages.evaluate.perplexity import DEMO_HELDOUT
 
 if TYPE_CHECKING:
     from factory.pipeline.artifact import Artifact
@@ -37,10 +42,6 @@ KL_NOTE = ("KL divergence from the top-{k} next-token probabilities of each posi
 
 def windows(build: "Build") -> list[list[int]]:
     """The scored token windows, the base tokenizer's ids (with its BOS where it adds one)."""
-    from factory.stages.evaluate.perplexity import DEMO_HELDOUT
-    from factory.engines.loading import load_preprocessor
-    from factory.engines.base_models import fetch_base
-
     q = build.recipe.evaluation.speed.quality
     tokenizer = load_preprocessor("causal-lm", fetch_base(build.entry, build.recipe_dir).path)
     ids = tokenizer(DEMO_HELDOUT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
@@ -59,8 +60,6 @@ def score_request(build: "Build", artifact: "Artifact") -> dict:
 
 def score_in_process(path: Path, task: dict) -> dict:
     """In the worker process: score, generate and chat with the GGUF file at `path`."""
-    from factory.engines.llama_cpp import chat, generate, open_server, score_windows
-
     longest = max(len(w) for w in task["windows"])
     server = open_server(path, n_ctx=max(1024, longest + CHAT_TOKENS + 64))
     positions = score_windows(server, task["windows"], task["top_k"])
@@ -73,8 +72,6 @@ def score_in_process(path: Path, task: dict) -> dict:
 
 def quality_figures(measured: dict, base: dict, quality: "RuntimeQuality") -> dict:
     """The build's scores (`score_in_process`) beside the base's: what the card's table shows."""
-    from factory.engines.llama_cpp import compare
-
     q = quality
     return {"text": TEXT, "windows": q.windows, "window_tokens": q.window_tokens, "top_k": q.top_k,
             "method": "teacher-forced one-token requests (the true next token forced by a logit bias), "

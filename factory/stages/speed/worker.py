@@ -11,6 +11,11 @@ from pathlib import Path
 
 from factory.pipeline.build import peak_rss_mb
 from factory.stages.speed import REPEATS, gguf_files
+from factory.engines.llama_cpp import measure_speed
+from factory.engines.loading import compute_dtype, model_class, peak_gpu_mb, reset_gpu_peak
+from factory.engines.loading import model_class
+from factory.pipeline.artifact import Artifact
+from factory.stages.speed.runtime_quality import score_in_process
 
 
 def _rss_mb() -> float | None:
@@ -25,8 +30,6 @@ def _rss_mb() -> float | None:
 
 def measure_in_process(request: dict) -> dict:
     if request.get("task"):
-        from factory.stages.speed.runtime_quality import score_in_process
-
         return score_in_process(gguf_files(Path(request["artifact"]["path"]))[0], request["task"])
     measure = {"transformers": _measure_transformers, "vllm": _measure_vllm, "llama.cpp": _measure_llama_cpp}
     result = measure[request["runtime"]](request)
@@ -49,9 +52,6 @@ def _token_ids(vocab_size: int, batch: int, length: int, seed: int = 0, avoid: i
 
 def _measure_transformers(request: dict) -> dict:
     import torch
-
-    from factory.pipeline.artifact import Artifact
-    from factory.engines.loading import compute_dtype, model_class, peak_gpu_mb, reset_gpu_peak
 
     s = request["settings"]
     spec = request["artifact"]
@@ -129,8 +129,6 @@ def _import_model_code(artifact, kind: str) -> None:
     """Import the model's class (and compressed-tensors for a checkpoint that needs it) ahead of timing."""
     import transformers
 
-    from factory.engines.loading import model_class
-
     model_class(kind)
     config = transformers.AutoConfig.from_pretrained(**artifact.config_source())
     for name in getattr(config, "architectures", None) or []:
@@ -188,8 +186,6 @@ def _measure_vllm(request: dict) -> dict:  # pragma: no cover - needs vLLM and a
 
 
 def _measure_llama_cpp(request: dict) -> dict:
-    from factory.engines.llama_cpp import measure_speed
-
     s = request["settings"]
     files = gguf_files(Path(request["artifact"]["path"]))
     return measure_speed(files[0], s["batch_sizes"], s["prompt_tokens"], s["new_tokens"], REPEATS)
