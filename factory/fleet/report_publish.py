@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.core.errors import FactoryError, UserError
-from factory.core.hub import card_metadata, verify
+from factory.core.hub_files import card_metadata, verify
 from factory.recipe import hub_repo_id_problem
 from factory.fleet.report import README, Report, build_report, write
 from factory.fleet.report_sources import Found, from_target, local

@@ -22,7 +22,7 @@ from factory.core.code_digest import code_digest
 from factory.pipeline.build import Build, StageResult, run_stage
 from factory.core.errors import UserError
 from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
-from factory.core.hub import card_metadata
+from factory.core.hub_files import card_metadata
 from factory.core.paths import TEMPLATES_DIR
 from factory.pipeline.manifest import MANIFEST, Manifest
 from factory.engines.base_models import slug
