@@ -5,11 +5,11 @@ validates a file, checks.py the rules pydantic cannot see, naming.py and publish
 the Hub accepts. This face hands on the names the rest of the factory imports.
 """
 
+from factory.recipe.checks import check_recipe
 from factory.recipe.evaluation import Evaluation, Gate, Gates, RuntimeQuality, Speed
 from factory.recipe.fields import MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, PER_CHANNEL, PER_TENSOR, GroupSize, Strict
 from factory.recipe.finetune import MAX_STEPS, FineTune
 from factory.recipe.load import load_recipe, recipe_json_schema, recipe_model
-from factory.recipe.checks import check_recipe
 from factory.recipe.naming import hub_repo_id_problem
 from factory.recipe.publish_repo import repo_id
 from factory.recipe.schema import Calibration, ModelEntry, Recipe, Settings, settings_json
