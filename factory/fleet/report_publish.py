@@ -14,7 +14,7 @@ from pathlib import Path
 
 from factory.core.collection_title import check_title, title_for
 from factory.core.errors import FactoryError, UserError
-from factory.core.hub import card_metadata, verify
+from factory.core.hub_files import card_metadata, verify
 from factory.engines.base_models import slug
 from factory.fleet.hub_collections import sync_all
 from factory.fleet.plan import recipe_files

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 from pydantic import BaseModel
 
 from factory.core.code_digest import code_digest
+from factory.recipe.fields import PER_CHANNEL, PER_TENSOR  # re-exported: the methods read them from here
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe, Settings
 
 OutputFormat = Literal["compressed-tensors", "bitsandbytes", "simulated", "gguf", "peft-adapter"]
 Runtime = Literal["transformers", "vllm", "llama.cpp"]
-PER_CHANNEL = "per-channel"
-PER_TENSOR = "per-tensor"  # one scale per weight tensor (FP8 static): a format's fixed choice, not a recipe's
 Problem = tuple[tuple, str]  # (path of the recipe field, message)
 
 

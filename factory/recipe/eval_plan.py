@@ -12,7 +12,7 @@ from factory.core.paths import EVAL_TASKS_DIR
 from factory.recipe.tasks import bundled_tasks, suite, suite_fewshot
 
 if TYPE_CHECKING:
-    from factory.recipe import Evaluation
+    from factory.recipe.evaluation import Evaluation
 
 TASKS_DIR = EVAL_TASKS_DIR
 

@@ -20,7 +20,7 @@ import yaml
 from factory.core.code_digest import code_digest
 from factory.core.collection_title import title_for
 from factory.core.errors import UserError
-from factory.core.hub import card_metadata
+from factory.core.hub_files import card_metadata
 from factory.core.paths import TEMPLATES_DIR
 from factory.core.plots import pyplot, save
 from factory.core.tables import num, text_table

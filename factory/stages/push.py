@@ -24,7 +24,8 @@ from factory.core.atomic import atomic_dir
 from factory.pipeline.build import Build
 from factory.core.errors import FactoryError, UserError
 from factory.pipeline.fingerprint import publish_fingerprint
-from factory.core.hub import RemoteBuild, Target, verify
+from factory.core.hub import RemoteBuild, Target
+from factory.core.hub_files import verify
 from factory.pipeline.manifest import StageRecord
 from factory.pipeline.stage import Options, Stage
 from factory.recipe import hub_repo_id_problem, repo_id
