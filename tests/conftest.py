@@ -182,9 +182,9 @@ models: [{{id: test/tiny, source: local, path: {model}, license: mit}}]
 def evaluated_build(tmp_path_factory, tiny_llama):
     """One quantized and evaluated tiny build (workdir, recipe file), ready for card and push."""
     from factory.pipeline.build import Build
-    from factory.stages.evaluate import evaluate
-    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
+    from factory.stages.artifact import quantize
+    from factory.stages.evaluate import evaluate
 
     work = tmp_path_factory.mktemp("published")
     recipe_path = write_recipe(work, PUBLISHED_RECIPE.format(model=tiny_llama), "rtn-4bit.yaml")

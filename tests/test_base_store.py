@@ -17,13 +17,12 @@ from pathlib import Path
 import pytest
 
 from conftest import run_factory, write_recipe
-from factory.stages.evaluate import base_store
-from factory.stages.evaluate.base_store import Refused, check_document, obtain, store_document, store_path
 from factory.pipeline.build import Build
-from factory.stages.evaluate import evaluate
 from factory.pipeline.fingerprint import digest
-from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
+from factory.stages.artifact import quantize
+from factory.stages.evaluate import base_store, evaluate
+from factory.stages.evaluate.base_store import Refused, check_document, obtain, store_document, store_path
 from hub_server import patch_hf_client
 
 EVAL = "evaluation: {suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}\n"
@@ -275,8 +274,8 @@ def test_a_store_file_is_checked_against_its_fingerprint(tamper, reason):
 def test_plan_lists_one_base_job_per_shared_base_model(tmp_path, tiny_llama, store_hub):
     """`plan --format github-base-matrix`: one entry per base model that two or more planned builds share
     through a store that does not hold its scores yet; none once the store does."""
-    from factory.stages.evaluate.base_store import base_identity, push_store
     from factory.recipe.eval_plan import EvalPlan
+    from factory.stages.evaluate.base_store import base_identity, push_store
 
     store = "tester/base-evals-plan"
     other = tmp_path / "other-model"

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from conftest import local_model_recipe, reload_in_fresh_process
-from factory.pipeline.build import Build
 from factory.engines.lowbit import dbllm
-from factory.stages.artifact import quantize
+from factory.pipeline.build import Build
 from factory.recipe import load_recipe
+from factory.stages.artifact import quantize
 
 GROUP = 32
 

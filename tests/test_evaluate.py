@@ -9,10 +9,10 @@ import pytest
 
 from conftest import run_factory, write_recipe
 from factory.pipeline.build import Build
+from factory.recipe import Gates, load_recipe
+from factory.stages.artifact import quantize
 from factory.stages.evaluate import evaluate
 from factory.stages.evaluate.scores import check_gates, compare
-from factory.stages.artifact import quantize
-from factory.recipe import Gates, load_recipe
 
 EVAL = """evaluation:
   suite: smoke
@@ -178,8 +178,8 @@ def test_vllm_backend_without_vllm_is_one_line(two_builds):
 
 def test_paper_suite_runs_mmlu_5_shot_and_reports_its_categories():
     """MMLU 5-shot as the paper's LoRA-FT table, the rest 0-shot; a recipe's num_fewshot replaces both."""
-    from factory.recipe.eval_plan import EvalPlan
     from factory.recipe import Evaluation
+    from factory.recipe.eval_plan import EvalPlan
     from factory.recipe.tasks import reported_tasks
 
     paper = EvalPlan.for_model(Evaluation(suite="paper"), "causal-lm")
@@ -203,9 +203,9 @@ def test_two_few_shot_counts_run_on_one_model_and_merge(tiny_llama, tmp_path, mo
     import lm_eval
 
     from factory.pipeline.artifact import Artifact
-    from factory.stages.evaluate import lm_eval_adapter
-    from factory.recipe.eval_plan import EvalPlan
     from factory.recipe import Evaluation
+    from factory.recipe.eval_plan import EvalPlan
+    from factory.stages.evaluate import lm_eval_adapter
 
     plan = dataclasses.replace(EvalPlan.for_model(Evaluation(suite="smoke", limit=4, batch_size=4), "causal-lm"),
                                task_fewshot=(("factory_smoke_mc", 2),))
@@ -226,8 +226,8 @@ def test_two_few_shot_counts_run_on_one_model_and_merge(tiny_llama, tmp_path, mo
 
 
 def test_reported_tasks_keep_a_groups_categories_only():
-    from factory.stages.evaluate.lm_eval_adapter import flatten
     from factory.recipe.tasks import reported_tasks
+    from factory.stages.evaluate.lm_eval_adapter import flatten
 
     results = {"results": {name: {"acc,none": 0.5, "acc_stderr,none": 0.01, "alias": name} for name in (
         "mmlu", "mmlu_humanities", "mmlu_stem", "mmlu_social_sciences", "mmlu_other", "mmlu_abstract_algebra",

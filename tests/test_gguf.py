@@ -9,8 +9,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DATA, REPO, run_factory, write_recipe
 
+from conftest import DATA, REPO, run_factory, write_recipe
 from factory.core.errors import RecipeInvalid, UserError
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -179,11 +179,11 @@ def test_a_smollm2_gguf_alone_tokenizes_and_scores_like_its_base(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from factory.pipeline.build import Build
-    from factory.stages.evaluate.perplexity import perplexity
     from factory.engines.base_models import _smollm2_checkpoint
-    from factory.stages.artifact import quantize
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe
+    from factory.stages.artifact import quantize
+    from factory.stages.evaluate.perplexity import perplexity
 
     recipe = load_recipe(gguf_recipe(tmp_path, "weights: {bits: 8}\ngguf: {type: Q8_0}"))
     build = Build(recipe, recipe.models[0], tmp_path / "work")
@@ -371,10 +371,10 @@ def tiny_smollm2(tmp_path_factory) -> Path:
 
 def _build_tiny(tmp_path, model_dir: Path, name: str, body: str, monkeypatch):
     import factory.engines.base_models
-    from factory.pipeline.build import Build
     from factory.engines.base_models import SMOLLM2_GGUF, _smollm2_package_dir
-    from factory.stages.artifact import quantize
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe
+    from factory.stages.artifact import quantize
 
     # the tokenizer metadata comes from SmolLM2's own GGUF, as for the demo base (gguf_vocab)
     monkeypatch.setattr(factory.engines.base_models, "gguf_origin", lambda path: _smollm2_package_dir() / SMOLLM2_GGUF)

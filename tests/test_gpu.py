@@ -9,8 +9,8 @@ import json
 import pytest
 
 from conftest import local_model_recipe
-from factory.pipeline.build import Build
 from factory.core.errors import RecipeInvalid
+from factory.pipeline.build import Build
 from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"
@@ -85,9 +85,9 @@ def _reload_on_cuda(kind: str, path) -> dict:
 @pytest.mark.parametrize("kind", ["causal-lm", "llava-next"])
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_quantizes_on_cuda(name, kind, tmp_path, tiny_llama, tiny_llava):
-    from factory.stages.artifact import build_artifact
-
     import torch
+
+    from factory.stages.artifact import build_artifact
 
     if name in CPU_ONLY:
         pytest.skip(CPU_ONLY[name])
@@ -148,8 +148,8 @@ def test_speed_of_a_gptq_build_on_cuda(tmp_path, tiny_llama):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["causal-lm", "llava-next"])
 def test_hf_evaluation_on_cuda(kind, tmp_path, tiny_llama, tiny_llava):
-    from factory.stages.evaluate import evaluate
     from factory.stages.artifact import quantize
+    from factory.stages.evaluate import evaluate
 
     model = tiny_llama if kind == "causal-lm" else tiny_llava
     body = METHODS["rtn"] + "\nevaluation: {suite: smoke, backend: hf, limit: 4, perplexity_seq_len: 64}\n"

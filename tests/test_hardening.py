@@ -282,8 +282,8 @@ def test_empty_and_impossible_options_are_one_line(tmp_path, capsys, arguments, 
 
 
 def test_library_entry_points_refuse_empty_values_too(tmp_path):
-    from factory.pipeline.build import workdir_root
     from factory.core.hub import target_for
+    from factory.pipeline.build import workdir_root
 
     for call in (lambda: target_for(""), lambda: workdir_root(""), lambda: target_for(str(hub_recipe(tmp_path)))):
         with pytest.raises(UserError):
@@ -511,8 +511,8 @@ def test_an_interrupted_stage_is_named_and_discarded(tmp_path, monkeypatch, caps
 def build_copy(tmp_path_factory, evaluated_build):
     """A copy of the session's evaluated build (its own workdir), carded for tester/tiny-rtn-4bit."""
     from factory.pipeline.build import Build
-    from factory.stages.card import card
     from factory.recipe import load_recipe
+    from factory.stages.card import card
 
     work, recipe_path = evaluated_build
     copy = tmp_path_factory.mktemp("hardening") / "work"
@@ -654,12 +654,12 @@ def test_concurrent_card_runs_do_not_collide(tmp_path, build_copy):
 
 
 def test_published_files_hold_no_local_path(tmp_path, evaluated_build, tiny_llama, tmp_path_factory):
-    from factory.pipeline.build import Build
-    from factory.stages.card import card
-    from factory.recipe.eval_plan import TASKS_DIR
     from factory.core.hub import LocalFolder
-    from factory.stages.push import push
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe
+    from factory.recipe.eval_plan import TASKS_DIR
+    from factory.stages.card import card
+    from factory.stages.push import push
 
     work, recipe_path = evaluated_build
     recipe = load_recipe(recipe_path)

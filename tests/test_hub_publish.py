@@ -127,12 +127,12 @@ def test_lfs_upload_failure_publishes_nothing(evaluated_build, monkeypatch, tmp_
     hub = FakeHub(tmp_path / "hub").start()
     patch_hf_client(monkeypatch, hub.url)  # retries without their sleeps
     monkeypatch.setenv("HF_TOKEN", hub.token)
-    from factory.pipeline.build import Build
-    from factory.stages.card import card
     from factory.core.errors import FactoryError
     from factory.core.hub import Hub
-    from factory.stages.push import push
+    from factory.pipeline.build import Build
     from factory.recipe import load_recipe
+    from factory.stages.card import card
+    from factory.stages.push import push
 
     work, recipe_path = evaluated_build
     recipe = load_recipe(recipe_path)

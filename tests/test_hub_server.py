@@ -28,15 +28,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, hf_hub_download, snapshot_download
-from huggingface_hub import constants as hf_constants
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import (CommitOperationAdd, CommitOperationDelete, HfApi, constants as hf_constants,
+                             hf_hub_download, snapshot_download)
+from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
 from safetensors.numpy import load, save
 
 from hub_server import DEFAULT_TOKEN, GITATTRIBUTES, FakeHub, patch_hf_client

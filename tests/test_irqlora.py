@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from factory.engines.lora.icq import (NF4_LEVELS, TAU_DTYPE, block_code_entropy, code_entropy, effective_bits,
-                                  icq_fake_quantize_, icq_quantize, nf4_dequantize, nf4_levels, nf4_quantize)
+                                      icq_fake_quantize_, icq_quantize, nf4_dequantize, nf4_levels, nf4_quantize)
 from factory.engines.lora.iec import (LLAMA_TARGET_MODULES, ElasticLoRALinear, apply_elastic_lora, group_mean,
-                                  group_mean_matrix, merge_elastic_lora, repeat_matrix, repeat_to)
+                                      group_mean_matrix, merge_elastic_lora, repeat_matrix, repeat_to)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -89,10 +89,10 @@ def test_a_file_llama_cpp_refuses_is_one_line_with_its_reason(tmp_path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The SmolLM2 demo's Q8_0 GGUF build and its base's F16 GGUF (cached in the session's FACTORY_CACHE)."""
-    from factory.stages.speed.base_gguf import base_gguf
     from factory.pipeline.build import Build
-    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
+    from factory.stages.artifact import quantize
+    from factory.stages.speed.base_gguf import base_gguf
 
     work = tmp_path_factory.mktemp("llama-cpp")
     path = work / "demo-q8.yaml"
@@ -122,8 +122,8 @@ def test_the_base_gguf_is_f16_from_the_same_converter_and_cached_once(demo):
 def test_the_gguf_carries_the_base_chat_template_and_a_chat_ends_on_eos(demo):
     from transformers import AutoTokenizer
 
-    from factory.methods.gguf import chat_template_of
     from factory.engines.base_models import fetch_base
+    from factory.methods.gguf import chat_template_of
     from factory.stages.speed.runtime_quality import CHAT_MESSAGE
 
     build = demo["build"]
@@ -235,9 +235,9 @@ def test_a_base_gguf_that_cannot_be_written_leaves_nothing(monkeypatch, tmp_path
     """A full disk in the middle of writing the base's F16 GGUF: one line, and no cached folder."""
     import errno
 
-    from factory.stages.speed import base_gguf as module
     from factory.methods import gguf as gguf_method
     from factory.recipe import load_recipe
+    from factory.stages.speed import base_gguf as module
 
     monkeypatch.setenv("FACTORY_CACHE", str(tmp_path / "cache"))
 

@@ -15,7 +15,7 @@ import torch
 
 from factory.engines.lowbit import billm, pbllm, quantize_model_layers, slim_llm
 from factory.engines.lowbit.hessian import (BlockContext, HessianCollector, gptq_quantize, inverse_hessian_cholesky,
-                                    output_error)
+                                            output_error)
 
 ROWS, COLUMNS, TOKENS, BLOCK = 64, 256, 512, 128
 OUTLIER_CHANNELS = [3, 50, 130, 200]

@@ -84,11 +84,11 @@ def test_base_revision_moved_and_library_versions(hub, tiny_llama, tmp_path, mon
     monkeypatch.setenv("HF_TOKEN", hub.token)
     from huggingface_hub import HfApi
 
+    from factory.core.hub import Hub
+    from factory.engines.base_models import resolve_hub_revision
     from factory.fleet import plan as planning
     from factory.pipeline.build import Build
     from factory.pipeline.fingerprint import factory_metadata
-    from factory.core.hub import Hub
-    from factory.engines.base_models import resolve_hub_revision
     from factory.recipe import load_recipe
 
     api = HfApi(endpoint=hub.url, token=hub.token)

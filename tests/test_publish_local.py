@@ -8,14 +8,14 @@ import pytest
 from huggingface_hub import ModelCard
 
 from conftest import run_factory, write_recipe
-from factory.pipeline.build import Build
-from factory.stages.card import card
 from factory.core.errors import RecipeInvalid, UserError
 from factory.core.hub import LocalFolder
 from factory.core.hub_files import card_metadata
+from factory.pipeline.build import Build
 from factory.pipeline.publish import publish
-from factory.stages.push import GatesFailed, local_paths, push
 from factory.recipe import load_recipe
+from factory.stages.card import card
+from factory.stages.push import GatesFailed, local_paths, push
 
 EVAL = "evaluation: {suite: smoke, limit: 4, perplexity_seq_len: 64, batch_size: 4}"
 

@@ -9,8 +9,8 @@ from safetensors import safe_open
 
 from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
 from factory.pipeline.build import Build
-from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
+from factory.stages.artifact import quantize
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"
 METHODS = {

@@ -123,8 +123,8 @@ def test_quip_beats_gptq_g64_on_a_smollm2_layer():
 
 def test_tiny_build_records_a_seed_per_linear(tmp_path, tiny_llama):
     from factory.pipeline.build import Build
-    from factory.stages.artifact import quantize
     from factory.recipe import load_recipe
+    from factory.stages.artifact import quantize
 
     body = "method: quip\nweights: {bits: 2}\nquip: {seed: 7}\ncalibration: {source: demo, samples: 4, seq_len: 64}"
     recipe = load_recipe(local_model_recipe(tmp_path, "quip-2bit", body, tiny_llama))

@@ -17,8 +17,8 @@ import torch
 
 from conftest import write_recipe
 from factory.pipeline.build import Build
-from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
+from factory.stages.artifact import quantize
 
 CAL = "calibration: {source: demo, samples: 8, seq_len: 64}"
 LOGITS = """

@@ -9,16 +9,16 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_factory
-from report_fakes import fake_build, scores_for, speed_for
 
-from factory.recipe.paper import lora_ft_rows, paper_rows
+from conftest import REPO, run_factory
 from factory.fleet.report import build_report
 from factory.fleet.report_markdown import markdown
 from factory.fleet.report_plots import pareto
 from factory.fleet.report_publish import make_report, push_report
 from factory.fleet.report_sources import local
+from factory.recipe.paper import lora_ft_rows, paper_rows
 from factory.stages.paper_table import cell_text
+from report_fakes import fake_build, scores_for, speed_for
 
 LLAMA = "meta-llama/Meta-Llama-3-8B"
 LLAVA = "llava-hf/llama3-llava-next-8b-hf"
@@ -227,10 +227,9 @@ def test_card_links_the_report_and_collection_and_quotes_the_reports_paper_row(e
                                                                                monkeypatch):
     """The tiny build's card, with publish.report set and the tiny model standing in for LLaMA-3-8B (so the
     paper has a row): the links, and a 'this build' row whose cells are the report's cells."""
-    from factory.recipe import paper
     from factory.pipeline.build import Build
+    from factory.recipe import load_recipe, paper
     from factory.stages.card import card
-    from factory.recipe import load_recipe
 
     work, recipe_path = evaluated_build
     shutil.copytree(work / "builds", tmp_path / "builds")

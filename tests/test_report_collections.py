@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_factory
-from hub_server import patch_hf_client
-from report_fakes import fake_build, scores_for
 
+from conftest import REPO, run_factory
 from factory.core.collection_title import TITLE_MAX, title_for
 from factory.fleet.hub_collections import sync_all
 from factory.fleet.report_publish import make_report, publish
+from hub_server import patch_hf_client
+from report_fakes import fake_build, scores_for
 
 LLAMA = "meta-llama/Meta-Llama-3-8B"
 RECIPES = REPO / "recipes"

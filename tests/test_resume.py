@@ -74,10 +74,10 @@ def test_killed_run_is_not_taken_as_done_and_resumes(kill_at, tmp_path, tiny_lla
 
 
 def test_failed_engine_leaves_nothing_in_place(tmp_path, tiny_llama, monkeypatch):
-    from factory.pipeline.build import Build
-    from factory.stages.artifact import quantize
-    from factory.recipe import load_recipe
     from factory.methods.llmcompressor_base import LLMCompressorMethod
+    from factory.pipeline.build import Build
+    from factory.recipe import load_recipe
+    from factory.stages.artifact import quantize
 
     def broken(self, base_dir, settings, out_dir, recipe_dir):
         (out_dir / "model.safetensors").write_bytes(b"half")

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from factory.core.safe_yaml import (MAX_BYTES, MAX_DEPTH, MAX_NODES, YamlRejected, load_yaml_document,
-                               read_recipe_text)
+from factory.core.safe_yaml import MAX_BYTES, MAX_DEPTH, MAX_NODES, YamlRejected, load_yaml_document, read_recipe_text
 
 TESTS = Path(__file__).parent
 REPO = TESTS.parent

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from conftest import local_model_recipe, reload_in_fresh_process, run_factory, write_recipe
 from factory.pipeline.build import Build
-from factory.stages.artifact import quantize
 from factory.recipe import load_recipe
+from factory.stages.artifact import quantize
 
 CAL = "calibration: {source: demo, samples: 4, seq_len: 64}"
 METHODS = {

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import DATA, REPO, write_recipe
-from factory.pipeline.build import Build
-from factory.stages.evaluate.perplexity import perplexity
 from factory.engines.base_models import fetch_base
-from factory.stages.artifact import quantize
+from factory.pipeline.build import Build
 from factory.recipe import load_recipe
+from factory.stages.artifact import quantize
+from factory.stages.evaluate.perplexity import perplexity
 
 pytestmark = pytest.mark.slow
 CAL = "calibration: {source: demo, samples: 16, seq_len: 256, seed: 2}"

@@ -14,9 +14,9 @@ import torch
 
 from conftest import local_model_recipe
 from factory.pipeline.build import Build
+from factory.recipe import load_recipe
 from factory.registry import get_method
 from factory.stages.artifact import quantize
-from factory.recipe import load_recipe
 
 CAL = "calibration: {source: demo, samples: 4, seq_len: 64}"
 LOGITS = """

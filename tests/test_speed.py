@@ -112,9 +112,9 @@ def test_speed_settings_are_validated(tmp_path, tiny_llama):
 
 
 def test_auto_picks_llama_cpp_for_gguf_only_when_installed(tmp_path, monkeypatch):
-    from factory.stages import speed
     from factory.pipeline.artifact import Artifact
     from factory.recipe import Speed
+    from factory.stages import speed
 
     (tmp_path / "model.Q4_K_M.gguf").write_bytes(b"GGUF")
     artifact = Artifact("checkpoint", tmp_path)

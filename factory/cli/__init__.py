@@ -14,13 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from factory.cli.parser import NETWORK_FREE as NETWORK_FREE  # commands that read recipes only
-from factory.cli.parser import build_parser
+from factory.cli.parser import NETWORK_FREE as NETWORK_FREE, build_parser  # commands that read recipes only
 from factory.core.errors import FactoryError, Interrupted, RecipeInvalid, UserError, first_line
 from factory.core.net import configure_hub_client
 from factory.core.redact import install_log_scrubber, scrub
 from factory.pipeline import build
-
 
 # What an interrupted command leaves behind, in its own words (Ctrl-C, SIGTERM or SIGHUP).
 READ_ONLY = ("validate", "schema", "methods", "plan")

@@ -1,6 +1,7 @@
 """Errors the CLI turns into one line and an exit code (2 bad input, 1 anything else)."""
 
 from __future__ import annotations
+
 from factory.core.redact import scrub
 
 

@@ -26,8 +26,8 @@ import stat
 from typing import Any
 
 import yaml
-from yaml.events import (AliasEvent, CollectionStartEvent, MappingEndEvent, MappingStartEvent,
-                         ScalarEvent, SequenceEndEvent, StreamEndEvent)
+from yaml.events import (AliasEvent, CollectionStartEvent, MappingEndEvent, MappingStartEvent, ScalarEvent,
+                         SequenceEndEvent, StreamEndEvent)
 from yaml.nodes import ScalarNode
 
 MAX_BYTES = 1024 * 1024          # recipes are a few hundred bytes

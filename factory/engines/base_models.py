@@ -176,10 +176,9 @@ def resolve_hub_revision(model_id: str, revision: str) -> str:
             return _cached_commit(cached)
         raise UserError(f"model {model_id}: revision {revision!r} is not in the local Hugging Face cache and "
                         "the Hub is off (HF_HUB_OFFLINE); pin a commit or go online")
+    import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    import httpx
 
     from factory.core.net import hub_timeout
 
@@ -212,12 +211,8 @@ def _hub_snapshot(entry: "ModelEntry", commit: str) -> Path:
     from factory.core.net import configure_hub_client
 
     configure_hub_client()
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
 
     try:
         return Path(snapshot_download(

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from factory.core.collection_title import check_title, title_for
 from factory.core.errors import UserError
-from factory.stages.figures import BuildFigures, bits_of
-from factory.core.hub import Hub, LocalFolder
-from factory.core.hub import hub_errors
+from factory.core.hub import Hub, LocalFolder, hub_errors
 from factory.core.safepath import segment
+from factory.stages.figures import BuildFigures, bits_of
 
 NOTE_MAX = 500  # the Hub's limit on an item's note (huggingface_hub's add_collection_item docstring)
 DESCRIPTION_MAX = 150  # the Hub's limit on a collection's description (ditto)

@@ -18,17 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from factory.core.hub import RemoteBuild, Target
+from factory.fleet.runners import Tier, model_params_b, runner_for, tiers
 from factory.pipeline.build import Build
 from factory.pipeline.fingerprint import factory_metadata
-from factory.core.hub import RemoteBuild, Target
-from factory.stages.push import resolve_repo_id
 from factory.recipe import Recipe, load_recipe
-from factory.recipe.paths import DEFAULT_PATTERN
-from factory.recipe.paths import recipe_files as expand_recipe_paths
-from factory.fleet.runners import Tier, model_params_b, runner_for, tiers
 from factory.recipe.eval_plan import EvalPlan
+from factory.recipe.paths import DEFAULT_PATTERN, recipe_files as expand_recipe_paths
 from factory.stages.evaluate.base_store import base_identity, store_has, store_path
-
+from factory.stages.push import resolve_repo_id
 
 
 @dataclass

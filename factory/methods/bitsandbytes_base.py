@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from factory.methods.base import CardFacts, QuantMethod
 from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
+from factory.methods.base import CardFacts, QuantMethod
 
 if TYPE_CHECKING:
     from factory.recipe import Settings

@@ -41,17 +41,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_serializer
 
-from factory.methods.base import CardFacts, QuantMethod
-from factory.recipe import Strict
-from factory.engines import gguf_importance
-from factory.engines import gguf_importance as gi
+from factory.engines import gguf_importance, gguf_importance as gi
 from factory.engines.calibration import calibration_windows
 from factory.engines.gguf_importance import MEASURED
-from factory.engines.gguf_vocab import check_tokenizer
-from factory.engines.gguf_vocab import field_value
-from factory.engines.gguf_vocab import llama_cpp_vocab
+from factory.engines.gguf_vocab import check_tokenizer, field_value, llama_cpp_vocab
 from factory.engines.llama_cpp import check_loads
 from factory.engines.loading import compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak
+from factory.methods.base import CardFacts, QuantMethod
+from factory.recipe import Strict
 
 if TYPE_CHECKING:
     from factory.recipe import Recipe, Settings

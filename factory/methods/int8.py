@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from factory.methods.base import PER_CHANNEL
 from factory.engines.loading import bitsandbytes_skip_modules
+from factory.methods.base import PER_CHANNEL
 from factory.methods.bitsandbytes_base import BitsAndBytesMethod
 
 

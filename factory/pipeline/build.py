@@ -35,10 +35,10 @@ from factory.core.errors import UserError, first_line
 from factory.core.locks import hold
 from factory.core.redact import scrub
 from factory.core.safepath import segment
+from factory.engines.base_models import slug
 from factory.pipeline.artifact import Artifact
 from factory.pipeline.fingerprint import build_inputs, digest
 from factory.pipeline.manifest import MANIFEST, GateRecord, Manifest, StageRecord
-from factory.engines.base_models import slug
 from factory.recipe import ModelEntry, Recipe, Settings
 from factory.registry import get_method, stage_named
 

@@ -12,6 +12,7 @@ from factory.recipe.publish_repo import repo_id_problem
 from factory.recipe.schema import Recipe, block_field
 from factory.registry import get_method, method_names
 
+
 def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = True) -> list[tuple[tuple, str]]:
     """The rules pydantic cannot express: the method's own checks, combinations of fields, files, model shapes."""
     m = recipe.method

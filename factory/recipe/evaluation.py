@@ -9,6 +9,7 @@ from pydantic import Field
 from factory.recipe.fields import (MAX_BATCH_SIZE, MAX_FEWSHOT, MAX_LIMIT, MAX_PPL_RATIO, MAX_RECOVERY, MAX_SEED,
                                    MAX_SEQ_LEN, BatchSize, Strict)
 
+
 class Gate(Strict):
     min_recovery: float | None = Field(None, gt=0, le=MAX_RECOVERY,
                                        description="Lowest acceptable recovery (quantized/base for accuracy).")

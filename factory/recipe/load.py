@@ -19,6 +19,7 @@ from factory.recipe.checks import check_recipe
 from factory.recipe.schema import Recipe, block_field
 from factory.registry import get_method, method_names, registry_version
 
+
 def recipe_model() -> type[Recipe]:
     """Recipe plus one optional options block per registered method that has options."""
     return _recipe_model(registry_version())

@@ -6,6 +6,7 @@ from factory.recipe.fields import PER_CHANNEL, PER_TENSOR
 from factory.recipe.naming import REPO_TEMPLATE_FIELDS, hub_repo_id_problem
 from factory.recipe.schema import ModelEntry, Recipe
 
+
 def repo_id(recipe: Recipe, entry: ModelEntry, org: str) -> str:
     """The Hub repo id a build is published as: the recipe's `publish.repo` template filled in."""
     s = recipe.effective(entry)

@@ -30,13 +30,12 @@ from factory.pipeline.build import Build, StageResult, run_stage
 from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.pipeline.manifest import MANIFEST, Manifest
 from factory.pipeline.stage import Options, Stage
-from factory.stages.push import repo_for
-from factory.recipe import PER_CHANNEL
+from factory.recipe import PER_CHANNEL, Settings
 from factory.recipe.paper import CITATION, PAPER_MODELS, lora_ft_rows, paper_rows
 from factory.recipe.tasks import display_name
 from factory.stages.figures import figures_for
 from factory.stages.paper_table import paper_cells
-from factory.recipe import Settings
+from factory.stages.push import repo_for
 
 TEMPLATES = TEMPLATES_DIR
 # The code the card's files are made of, hashed into its fingerprint: this module (the text, the plots), the

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.core.atomic import atomic_dir
-from factory.pipeline.build import Build
 from factory.core.errors import FactoryError, UserError
-from factory.pipeline.fingerprint import publish_fingerprint
 from factory.core.hub import RemoteBuild, Target
 from factory.core.hub_files import verify
+from factory.core.redact import LocalPaths
+from factory.pipeline.build import Build
+from factory.pipeline.fingerprint import publish_fingerprint
 from factory.pipeline.manifest import StageRecord
 from factory.pipeline.stage import Options, Stage
 from factory.recipe import hub_repo_id_problem, repo_id
-from factory.core.redact import LocalPaths
 
 UPLOAD_DIR = "upload"  # in the build folder: the scrubbed copies push sends instead of the originals
 TEXT_SUFFIXES = (".json", ".yaml", ".yml", ".md", ".txt", ".csv", ".tsv", ".toml", ".cfg", ".ini")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.core.paths import DATA_DIR
 from factory.core.errors import UserError
 from factory.core.net import configure_hub_client, hub_timeout
+from factory.core.paths import DATA_DIR
 from factory.core.safepath import COMMIT
 
 DEMO_FILE = DATA_DIR / "demo_alpaca.jsonl"

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Protocol
 
 from factory.core.errors import UserError
-from factory.engines.lora.data import prompt
 from factory.engines.loading import peak_gpu_mb, reset_gpu_peak
+from factory.engines.lora.data import prompt
 
 LOSS_JSON = "training_loss.json"
 LOSS_PNG = "training_loss.png"

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from factory.engines.lowbit.hessian import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING_FRAC, FP16_BITS, BlockContext,
-                                    ColumnQuantizer, QuantResult, block_bounds, gptq_quantize, signs)
+                                            ColumnQuantizer, QuantResult, block_bounds, gptq_quantize, signs)
 
 DEFAULT_MAX_SALIENT_COLUMNS = 30
 SPLIT_QUANTILES = torch.linspace(0.10, 0.90, 81)

@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
 from factory.engines.lowbit import decoder_layers
 
 SCALE_CANDIDATES = 20  # int2 steps searched, from the one that reaches both tails down to 0.2 of it (ours)

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from factory.engines.lowbit.hessian import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING_FRAC, FP16_BITS, BlockContext,
-                                    ColumnQuantizer, QuantResult, block_bounds, gptq_quantize,
-                                    index_bits, inverse_hessian_cholesky, obs_salience, signs)
+                                            ColumnQuantizer, QuantResult, block_bounds, gptq_quantize, index_bits,
+                                            inverse_hessian_cholesky, obs_salience, signs)
 
 # Salient fractions that give the paper-accounting bit widths of Huang et al. 2024's PB-LLM rows.
 PBLLM_1_7_BIT_SALIENT_FRACTION = 0.1

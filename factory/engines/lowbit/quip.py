@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from factory.engines.lowbit.hessian import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING_FRAC, FP16_BITS, BlockContext,
-                                    ColumnQuantizer, QuantResult, gptq_quantize, inverse_hessian_cholesky)
+                                            ColumnQuantizer, QuantResult, gptq_quantize, inverse_hessian_cholesky)
 
 RANGE_FACTOR = 2.4  # rho: the grid spans +-rho * RMS(W) (QuIP Sec. 4, the reference code's 2.4)
 NORMALIZED_DAMPING = 0.01  # added to the normalized H (mean diagonal one) before the rotation

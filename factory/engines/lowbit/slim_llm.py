@@ -47,8 +47,8 @@ import torch
 from torch import Tensor
 
 from factory.engines.lowbit.hessian import (DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING_FRAC, FP16_BITS, BlockContext,
-                                    ColumnQuantizer, InverseHessianFactor, QuantResult, block_bounds,
-                                    gptq_quantize, inverse_hessian_cholesky, obs_salience)
+                                            ColumnQuantizer, InverseHessianFactor, QuantResult, block_bounds,
+                                            gptq_quantize, inverse_hessian_cholesky, obs_salience)
 
 SHRINK_GRID = torch.linspace(1.0, 0.2, 33)
 SALIENT_Z_SCORE = 2.0

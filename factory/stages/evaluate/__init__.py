@@ -17,20 +17,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from factory.pipeline.artifact import NF4_REFERENCE, Artifact
-from factory.stages.evaluate.base_store import METRICS_FORMAT as METRICS_FORMAT  # the layout of metrics.json
-from factory.stages.evaluate.base_store import BaseFigures, base_identity, obtain
-from factory.pipeline.build import Build, StageResult, run_stage
-from factory.pipeline.stage import Options, Stage
-from factory.stages.card import score_table
 from factory.core.errors import UserError
-from factory.stages.evaluate import lm_eval_adapter, placement
-from factory.stages.evaluate.perplexity import dataset_tokens, perplexity
-from factory.recipe.eval_plan import BUNDLED_TASKS, EvalPlan
-from factory.stages.evaluate.scores import check_gates, compare
-from factory.pipeline.fingerprint import evaluation_fingerprint, library_versions
 from factory.engines.base_models import fetch_base
 from factory.engines.loading import compute_dtype, text_tokenizer
+from factory.pipeline.artifact import NF4_REFERENCE, Artifact
+from factory.pipeline.build import Build, StageResult, run_stage
+from factory.pipeline.fingerprint import evaluation_fingerprint, library_versions
+from factory.pipeline.stage import Options, Stage
+from factory.recipe.eval_plan import BUNDLED_TASKS, EvalPlan
+from factory.stages.card import score_table
+from factory.stages.evaluate import lm_eval_adapter, placement
+from factory.stages.evaluate.base_store import (METRICS_FORMAT as METRICS_FORMAT,  # the layout of metrics.json
+                                                BaseFigures, base_identity, obtain)
+from factory.stages.evaluate.perplexity import dataset_tokens, perplexity
+from factory.stages.evaluate.scores import check_gates, compare
 
 METRICS_FILE = "metrics.json"
 SCORES_FILE = "scores.json"

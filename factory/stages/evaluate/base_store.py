@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Callable
 
 from factory.core.cache import made_once
 from factory.core.errors import first_line
-from factory.pipeline.fingerprint import digest, library_versions
-from factory.engines.base_models import slug, source_revision
 from factory.core.paths import cache_root
+from factory.engines.base_models import slug, source_revision
+from factory.pipeline.fingerprint import digest, library_versions
 
 if TYPE_CHECKING:
-    from factory.recipe.eval_plan import EvalPlan
     from factory.recipe import ModelEntry
+    from factory.recipe.eval_plan import EvalPlan
 
 METRICS_FILE = "metrics.json"
 IDENTITY_FILE = "identity.json"
@@ -180,13 +180,8 @@ def read_store(store: str, identity: dict, log) -> dict | None:
     """The checked store file for `identity`, or None (not there yet, or the store cannot be reached:
     said in one line). Raises Refused for a file that does not hold what its name claims."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     path = store_path(identity)
     try:

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from factory.core.errors import UserError, first_line
+from factory.engines.loading import compute_dtype
 from factory.recipe.eval_plan import BUNDLED_TASKS, TASKS_DIR, EvalPlan
 from factory.recipe.tasks import reported_tasks
-from factory.engines.loading import compute_dtype
 
 RAW_FILE = "lm_eval_results.json"
 

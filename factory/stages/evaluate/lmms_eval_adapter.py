@@ -16,10 +16,10 @@ from pathlib import Path
 
 from factory.core.atomic import atomic_dir
 from factory.core.errors import UserError
-from factory.stages.evaluate.lm_eval_adapter import Measured, dataset_unavailable, directions, flatten
-from factory.recipe.eval_plan import TASKS_DIR, EvalPlan
 from factory.core.paths import cache_root
 from factory.engines.loading import compute_dtype
+from factory.recipe.eval_plan import TASKS_DIR, EvalPlan
+from factory.stages.evaluate.lm_eval_adapter import Measured, dataset_unavailable, directions, flatten
 
 LMMS_TASKS = TASKS_DIR / "lmms"
 RAW_FILE = "lmms_eval_results.json"

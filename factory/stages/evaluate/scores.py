@@ -10,6 +10,7 @@ from __future__ import annotations
 from factory.recipe import Gate, Gates
 from factory.recipe.tasks import is_reported_subtask, primary_metric
 
+
 def _name_says_lower(metric: str) -> bool:
     # Only for a metric whose harness declared no direction (lm-eval declares one per metric).
     return "perplexity" in metric or metric in ("bits_per_byte", "ppl")

@@ -41,23 +41,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.core.cache import made_once
-from factory.pipeline.build import Build, StageResult, run_stage
-from factory.pipeline.stage import Options, Stage
-from factory.core.tables import num, text_table
 from factory.core.errors import UserError, first_line
-from factory.pipeline.fingerprint import BASE_LIBRARIES, digest, library_versions
-from factory.engines.base_models import fetch_base, slug, source_revision
 from factory.core.paths import cache_root
-from factory.engines.llama_cpp import LoadError
-from factory.engines.llama_cpp import default_threads
+from factory.core.tables import num, text_table
+from factory.engines.base_models import fetch_base, slug, source_revision
+from factory.engines.llama_cpp import LoadError, default_threads
 from factory.pipeline.artifact import Artifact
-from factory.stages.speed.base_gguf import base_gguf
-from factory.stages.speed.base_gguf import identity as gguf_identity
+from factory.pipeline.build import Build, StageResult, run_stage
+from factory.pipeline.fingerprint import BASE_LIBRARIES, digest, library_versions
+from factory.pipeline.stage import Options, Stage
+from factory.stages.speed.base_gguf import base_gguf, identity as gguf_identity
 from factory.stages.speed.runtime_quality import quality_figures, score_request
-from factory.stages.speed.runtime_quality import score_request
 
 if TYPE_CHECKING:
-    from factory.pipeline.artifact import Artifact
     from factory.recipe import Speed
 
 SPEED_FILE = "speed.json"

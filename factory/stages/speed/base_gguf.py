@@ -14,9 +14,9 @@ from pathlib import Path
 
 from factory.core.cache import made_once
 from factory.core.code_digest import code_digest
-from factory.pipeline.fingerprint import digest, library_versions
-from factory.engines.base_models import fetch_base, slug, source_revision
 from factory.core.paths import cache_root
+from factory.engines.base_models import fetch_base, slug, source_revision
+from factory.pipeline.fingerprint import digest, library_versions
 
 FILE_TYPE = "F16"
 FILE_NAME = f"model-{FILE_TYPE}.gguf"

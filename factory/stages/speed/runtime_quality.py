@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
+
 from factory.engines.base_models import fetch_base
-from factory.engines.llama_cpp import chat, generate, open_server, score_windows
-from factory.engines.llama_cpp import compare
+from factory.engines.llama_cpp import chat, compare, generate, open_server, score_windows
 from factory.engines.loading import load_preprocessor
 from factory.stages.evaluate.perplexity import DEMO_HELDOUT
 

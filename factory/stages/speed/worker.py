@@ -9,12 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from factory.pipeline.build import peak_rss_mb
-from factory.stages.speed import REPEATS, gguf_files
 from factory.engines.llama_cpp import measure_speed
 from factory.engines.loading import compute_dtype, model_class, peak_gpu_mb, reset_gpu_peak
-from factory.engines.loading import model_class
 from factory.pipeline.artifact import Artifact
+from factory.pipeline.build import peak_rss_mb
+from factory.stages.speed import REPEATS, gguf_files
 from factory.stages.speed.runtime_quality import score_in_process
 
 
