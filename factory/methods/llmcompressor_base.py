@@ -92,7 +92,7 @@ class LLMCompressorMethod(QuantMethod):
         reset_gpu_peak()
         # Without a model there are no module types: every 2-D `.weight` is a candidate, so the token
         # embedding (tied to lm_head in SmolLM2 and LLaMA-3.2) is kept out as `oneshot` keeps it out.
-        model_free_ptq(str(base_dir), str(out_dir), scheme=scheme, ignore=[*quant["ignore"], "re:.*embed_tokens$"],
+        model_free_ptq(str(base_dir), str(out_dir), scheme=scheme, ignore=model_free_ignore(quant["ignore"]),
                        max_workers=1, device="cuda:0" if torch.cuda.is_available() else "cpu")
         return {"engine": "llm-compressor model_free_ptq", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
                 "device": "cuda" if torch.cuda.is_available() else "cpu", "compute_dtype": str(checkpoint_dtype(base_dir)).removeprefix("torch."),
@@ -111,6 +111,16 @@ class LLMCompressorMethod(QuantMethod):
                       "`pip install compressed-tensors`).",
             serve_note=serve,
         )
+
+
+def model_free_ignore(ignore: list[str]) -> list[str]:
+    """The recipe's ignore list for `model_free_ptq`, which matches the checkpoint's tensor names, not a loaded
+    model's module names: an exact name also matches under a prefix (LLaVA-Next's checkpoint keeps its LM head as
+    `language_model.lm_head`, which `lm_head` alone does not match), and the token embedding is kept out."""
+    import re
+
+    prefixed = [f"re:(.*\\.)?{re.escape(name)}$" for name in ignore if not name.startswith("re:")]
+    return [*ignore, *prefixed, "re:.*embed_tokens$"]
 
 
 def _keep_ignore_patterns(config_path: Path, ignore: list[str]) -> None:
