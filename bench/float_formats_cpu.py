@@ -43,6 +43,9 @@ BUILDS = {  # name -> recipe body
     "mxfp4a16": "method: mxfp4a16\nweights: {bits: 4}",
     "nvfp4": f"method: nvfp4\nweights: {{bits: 4}}\n{CAL}",
     "mxfp4": "method: mxfp4\nweights: {bits: 4}",
+    # auto-round's AutoScheme: W4A16 or W8A16 per layer for 5 bits per weight on average (no pass/fail line)
+    "autoscheme-5bit": f"method: autoscheme\nweights: {{bits: 8, group_size: 64}}\n"
+                       f"autoscheme: {{avg_bits: 5.0, candidates: [4, 8]}}\n{CAL}",
 }
 # Plain transformers only: what a user without the factory runs.
 LOAD_AND_SCORE = """
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         build = work / "builds" / name / "HuggingFaceTB--SmolLM2-135M-Instruct"
         stage = json.loads((build / "manifest.json").read_text())["stages"]["quantize"]
         figures["builds"][name] = {"build_wall_s": run.wall_s, "build_cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb,
-                                   "size_mb": stage["size_bytes"] / 2**20, **score(name, build / "model", work, env)}
+                                   "size_mb": stage["size_bytes"] / 2**20, **score(name, build / "model", work, env),
+                                   **{k: stage[k] for k in ("bits_per_weight", "layer_groups") if k in stage}}
         print(f"{name}: {figures['builds'][name]}", flush=True)
         write_figures(args.json, figures)  # after every build: a run stopped part way still leaves what it measured
     figures["load_end"] = os.getloadavg()[0]
