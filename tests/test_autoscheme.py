@@ -21,7 +21,8 @@ def test_autoscheme_chooses_per_layer_under_the_target(tmp_path, tiny_llama):
 
     body = f"method: autoscheme\nweights: {{bits: 8, group_size: 32}}\nautoscheme: {{avg_bits: 5.0, candidates: [2, 4, 8]}}\n{CAL}"
     recipe = load_recipe(local_model_recipe(tmp_path, "auto", body, tiny_llama))
-    result = quantize(Build(recipe, recipe.models[0], tmp_path))
+    build = Build(recipe, recipe.models[0], tmp_path)
+    result = quantize(build)
     record = result.record
     schemes = record.layer_schemes
     assert len(schemes) == 14 and set(schemes.values()) <= {2, 4, 8}  # 2 layers x 7 linears; lm_head kept
@@ -37,6 +38,16 @@ def test_autoscheme_chooses_per_layer_under_the_target(tmp_path, tiny_llama):
     size = {n: attention.get(n.rsplit(".", 1)[1], 64 * 128) for n in schemes}
     expected = sum(size[n] * (b + 16 / 32) for n, b in schemes.items()) / sum(size.values())
     assert record.bits_per_weight == pytest.approx(expected, abs=1e-3)
+    from factory.card import render
+    from report_fakes import scores_for
+
+    scores = scores_for({"wikitext2_ppl": (10.0, 11.0)}, smoke=True)  # the card's figures; not what is checked here
+    scores["harness"].update(harness_version="0", backend="hf", dtype="float32", batch_size=1, num_fewshot=0, seed=0,
+                             device="cpu", limit=None, perplexity=False)
+    text = render(build, "tester/tiny-auto", scores, [])
+    assert f"{record.bits_per_weight} bits per weight in all" in text and "auto-round AutoScheme (target 5" in text
+    for row in record.layer_groups:
+        assert f"| {row['scheme']}: {row['layers']} layers, {row['weights']:,} weights |" in text
     reloaded = reload_in_fresh_process("causal-lm", result.output)
     assert reloaded["finite"] and not reloaded["factory_imported"]
 
