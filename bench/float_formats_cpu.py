@@ -14,6 +14,8 @@ Prints the table and exits 1 on a miss of the orders the issue expects:
   NVFP4 and MXFP4 below RTN INT4-g64, compared weight format to weight format (nvfp4a16, mxfp4a16 against
   RTN W4A16-g64). The W4A4 builds (nvfp4, mxfp4) also quantize every activation to 4 bits, which RTN W4A16
   does not; their row says how they compare and is not a pass/fail line.
+The autoscheme-5bit build (auto-round's AutoScheme: W4A16 or W8A16 per layer, 5 bits per weight on average)
+is a row too, with no pass/fail line; it takes ~8 minutes of the run on a shared 2-core CPU.
 
     .venv/bin/python bench/float_formats_cpu.py [--json bench/results/float_formats_cpu.json] [--only fp8-dynamic]
 
