@@ -14,6 +14,8 @@ Prints the table and exits 1 on a miss of the orders the issue expects:
   NVFP4 and MXFP4 below RTN INT4-g64, compared weight format to weight format (nvfp4a16, mxfp4a16 against
   RTN W4A16-g64). The W4A4 builds (nvfp4, mxfp4) also quantize every activation to 4 bits, which RTN W4A16
   does not; their row says how they compare and is not a pass/fail line.
+The autoscheme-5bit build (auto-round's AutoScheme: W4A16 or W8A16 per layer, 5 bits per weight on average)
+is a row too, with no pass/fail line; it takes ~8 minutes of the run on a shared 2-core CPU.
 
     .venv/bin/python bench/float_formats_cpu.py [--json bench/results/float_formats_cpu.json] [--only fp8-dynamic]
 
@@ -43,6 +45,9 @@ BUILDS = {  # name -> recipe body
     "mxfp4a16": "method: mxfp4a16\nweights: {bits: 4}",
     "nvfp4": f"method: nvfp4\nweights: {{bits: 4}}\n{CAL}",
     "mxfp4": "method: mxfp4\nweights: {bits: 4}",
+    # auto-round's AutoScheme: W4A16 or W8A16 per layer for 5 bits per weight on average (no pass/fail line)
+    "autoscheme-5bit": f"method: autoscheme\nweights: {{bits: 8, group_size: 64}}\n"
+                       f"autoscheme: {{avg_bits: 5.0, candidates: [4, 8]}}\n{CAL}",
 }
 # Plain transformers only: what a user without the factory runs.
 LOAD_AND_SCORE = """
@@ -112,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         build = work / "builds" / name / "HuggingFaceTB--SmolLM2-135M-Instruct"
         stage = json.loads((build / "manifest.json").read_text())["stages"]["quantize"]
         figures["builds"][name] = {"build_wall_s": run.wall_s, "build_cpu_s": run.cpu_s, "peak_rss_mb": run.peak_rss_mb,
-                                   "size_mb": stage["size_bytes"] / 2**20, **score(name, build / "model", work, env)}
+                                   "size_mb": stage["size_bytes"] / 2**20, **score(name, build / "model", work, env),
+                                   **{k: stage[k] for k in ("bits_per_weight", "layer_groups") if k in stage}}
         print(f"{name}: {figures['builds'][name]}", flush=True)
         write_figures(args.json, figures)  # after every build: a run stopped part way still leaves what it measured
     figures["load_end"] = os.getloadavg()[0]

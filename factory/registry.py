@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "mxfp4a16": "factory.methods.mxfp4a16:MXFP4A16",
     "w4afp8": "factory.methods.w4afp8:W4AFP8",
     "mixed": "factory.methods.mixed:Mixed",
+    "autoscheme": "factory.methods.autoscheme:AutoSchemeMethod",
 }
 
 _entries: dict[str, object] = dict(BUILTIN)

@@ -43,6 +43,7 @@ METHODS = {
     "mxfp4a16": "method: mxfp4a16\nweights: {bits: 4}",
     "mixed": "method: mixed\nweights: {bits: 4, group_size: 32}\n"
              "mixed:\n  groups:\n    - targets: ['re:.*self_attn\\..*']\n      bits: 8\n      group_size: 32\n",
+    "autoscheme": f"method: autoscheme\nweights: {{bits: 8, group_size: 32}}\nautoscheme: {{avg_bits: 5.0}}\n{CAL}",
 }
 # Formats whose blocks or groups (128) do not divide the tiny models' 64-wide layers: built and reloaded on
 # a 128-wide tiny Llama on CPU (tests/test_float_formats.py); not in this tier yet.

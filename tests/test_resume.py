@@ -84,6 +84,9 @@ def test_failed_engine_leaves_nothing_in_place(tmp_path, tiny_llama, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(LLMCompressorMethod, "quantize", broken)
+    # rtn builds model-free by default: that engine fails the same way
+    monkeypatch.setattr(LLMCompressorMethod, "quantize_model_free", lambda self, base, settings, out: broken(
+        self, base, settings, out, None))
     recipe = load_recipe(write_recipe(tmp_path, f"""
         name: full-disk
         method: rtn
@@ -110,7 +113,7 @@ def test_full_disk_through_the_cli_is_one_line(tmp_path, tiny_llama):
         from factory.methods.llmcompressor_base import LLMCompressorMethod
         def full(*a, **k):
             raise OSError(28, "No space left on device")
-        LLMCompressorMethod.quantize = full
+        LLMCompressorMethod.quantize = LLMCompressorMethod.quantize_model_free = full  # rtn: model-free by default
         from factory.cli import main
         sys.exit(main(sys.argv[1:]))
     """)

@@ -87,13 +87,17 @@ class LLMCompressorMethod(QuantMethod):
 
         from factory.engines.loading import checkpoint_dtype, peak_gpu_mb, reset_gpu_peak
 
+        from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
+
         quant = self.quantization_scheme(settings)
-        (scheme,) = quant["config_groups"].values()
         reset_gpu_peak()
         # Without a model there are no module types: every 2-D `.weight` is a candidate, so the token
         # embedding (tied to lm_head in SmolLM2 and LLaMA-3.2) is kept out as `oneshot` keeps it out.
-        model_free_ptq(str(base_dir), str(out_dir), scheme=scheme, ignore=[*quant["ignore"], "re:.*embed_tokens$"],
-                       max_workers=1, device="cuda:0" if torch.cuda.is_available() else "cpu")
+        # A config (not a bare scheme) keeps oneshot's group names (group_0) in the saved quantization_config.
+        config = QuantizationConfig(config_groups=quant["config_groups"], ignore=model_free_ignore(quant["ignore"]),
+                                    quantization_status=QuantizationStatus.INITIALIZED)
+        model_free_ptq(str(base_dir), str(out_dir), config=config, max_workers=1,
+                       device="cuda:0" if torch.cuda.is_available() else "cpu")
         return {"engine": "llm-compressor model_free_ptq", "format": self.output_format, "peak_gpu_mb": peak_gpu_mb(),
                 "device": "cuda" if torch.cuda.is_available() else "cpu", "compute_dtype": str(checkpoint_dtype(base_dir)).removeprefix("torch."),
                 "model_free": True}
@@ -111,6 +115,16 @@ class LLMCompressorMethod(QuantMethod):
                       "`pip install compressed-tensors`).",
             serve_note=serve,
         )
+
+
+def model_free_ignore(ignore: list[str]) -> list[str]:
+    """The recipe's ignore list for `model_free_ptq`, which matches the checkpoint's tensor names, not a loaded
+    model's module names: an exact name also matches under a prefix (LLaVA-Next's checkpoint keeps its LM head as
+    `language_model.lm_head`, which `lm_head` alone does not match), and the token embedding is kept out."""
+    import re
+
+    prefixed = [f"re:(.*\\.)?{re.escape(name)}$" for name in ignore if not name.startswith("re:")]
+    return [*ignore, *prefixed, "re:.*embed_tokens$"]
 
 
 def _keep_ignore_patterns(config_path: Path, ignore: list[str]) -> None:

@@ -66,13 +66,9 @@ class PresetFormat(LLMCompressorMethod):
                             f"is not one here: {why} (model-free: fp8-dynamic, fp8-block, rtn)"))
         return out
 
-    model_free_default: ClassVar[bool] = False  # whether a data-free format builds model-free unless told not to
-
     def runs_model_free(self, settings: "Settings") -> bool:
-        options = settings.options or {}
-        if options.get("model_free") is not None:
-            return options["model_free"]
-        return self.model_free_default and not options.get("kv_cache")
+        # resolved in the options block (fp8-dynamic: on unless kv_cache; the others: off unless asked)
+        return bool((settings.options or {}).get("model_free"))
 
     def uses_calibration(self, options) -> bool:
         return self.needs_calibration or getattr(options, "kv_cache", None) is not None

@@ -1,6 +1,9 @@
-"""RTN: round-to-nearest, data-free (llm-compressor's QuantizationModifier, or its model_free_ptq)."""
+"""RTN: round-to-nearest, data-free: llm-compressor's model_free_ptq by default (the model is never built),
+its oneshot QuantizationModifier with `rtn: {model_free: false}`."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from pydantic import Field
 
@@ -10,8 +13,9 @@ from factory.recipe import Strict
 
 class RTNOptions(Strict):
     model_free: bool = Field(
-        False, description="Build through llm-compressor's model_free_ptq: safetensors shard by shard without "
-        "loading the model (a 70B build in about one shard of memory); the same rounding as oneshot.")
+        True, description="Build through llm-compressor's model_free_ptq (the default): safetensors shard by shard "
+        "without loading the model (a 70B build in about one shard of memory), the same rounding as oneshot; "
+        "false: load the model and run llm-compressor's oneshot.")
 
 
 class RTN(LLMCompressorMethod):
@@ -27,7 +31,16 @@ class RTN(LLMCompressorMethod):
 
         return [QuantizationModifier(**quant)]
 
+    def runs_model_free(self, settings) -> bool:
+        return bool((settings.options or {}).get("model_free"))
+
     def quantize(self, base_dir, settings, out_dir, recipe_dir):
-        if (settings.options or {}).get("model_free"):
+        if self.runs_model_free(settings):
             return self.quantize_model_free(base_dir, settings, out_dir)
         return super().quantize(base_dir, settings, out_dir, recipe_dir)
+
+    def card_facts(self, settings):
+        facts = super().card_facts(settings)
+        if self.runs_model_free(settings):
+            return replace(facts, engine="llm-compressor `model_free_ptq` (shard by shard, no model built)")
+        return facts
