@@ -16,8 +16,8 @@ CAL = "calibration: {source: demo, samples: 8, seq_len: 64, seed: 2}\n"
 
 
 def test_autoscheme_chooses_per_layer_under_the_target(tmp_path, tiny_llama):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     body = f"method: autoscheme\nweights: {{bits: 8, group_size: 32}}\nautoscheme: {{avg_bits: 5.0, candidates: [2, 4, 8]}}\n{CAL}"
     recipe = load_recipe(local_model_recipe(tmp_path, "auto", body, tiny_llama))
@@ -38,7 +38,7 @@ def test_autoscheme_chooses_per_layer_under_the_target(tmp_path, tiny_llama):
     size = {n: attention.get(n.rsplit(".", 1)[1], 64 * 128) for n in schemes}
     expected = sum(size[n] * (b + 16 / 32) for n, b in schemes.items()) / sum(size.values())
     assert record.bits_per_weight == pytest.approx(expected, abs=1e-3)
-    from factory.card import render
+    from factory.stages.card import render
     from report_fakes import scores_for
 
     scores = scores_for({"wikitext2_ppl": (10.0, 11.0)}, smoke=True)  # the card's figures; not what is checked here

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from conftest import local_model_recipe, reload_in_fresh_process
-from factory.methods.registry import get_method
+from factory.registry import get_method
 from factory.recipe import load_recipe
 
 
@@ -38,7 +38,7 @@ def test_data_free_schemes_default_to_model_free(tmp_path, tiny_llama, body, mod
 
 
 def test_model_free_default_changes_the_fingerprint(tmp_path, tiny_llama):
-    from factory.build import Build
+    from factory.pipeline.build import Build
 
     prints = {}
     for free in (True, False):
@@ -56,8 +56,8 @@ def test_llava_next_model_free_keeps_vision_and_head(tmp_path, tiny_llava):
     whatever prefix the checkpoint gives them; plain transformers reloads it and its logits are finite."""
     from safetensors import safe_open
 
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     recipe = load_recipe(local_model_recipe(tmp_path, "llava-mf", "method: rtn\nweights: {bits: 4, group_size: 32}",
                                             tiny_llava, kind="llava-next"))
@@ -80,8 +80,8 @@ def test_llava_next_model_free_keeps_vision_and_head(tmp_path, tiny_llava):
 @pytest.mark.parametrize("weights", ["{bits: 2, group_size: 32}", "{bits: 3, group_size: 32}",
                                      "{bits: 8, group_size: per-channel}\nactivations: {bits: 8}"])
 def test_every_rtn_grid_builds_model_free_and_reloads(tmp_path, tiny_llama, weights):
-    from factory.build import Build
-    from factory.quantize import quantize
+    from factory.pipeline.build import Build
+    from factory.stages.artifact import quantize
 
     recipe = load_recipe(local_model_recipe(tmp_path, "rtn-mf", f"method: rtn\nweights: {weights}", tiny_llama))
     result = quantize(Build(recipe, recipe.models[0], tmp_path))

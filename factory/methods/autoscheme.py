@@ -95,8 +95,8 @@ class AutoSchemeMethod(LLMCompressorMethod):
         from auto_round.auto_scheme.gen_auto_scheme import AutoScheme
         from auto_round.schemes import QuantizationScheme
 
-        from factory.calibration import calibration_windows
-        from factory.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak, text_tokenizer
+        from factory.engines.calibration import calibration_windows
+        from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak, text_tokenizer
 
         options = self.options(settings)
         preprocessor = load_preprocessor(settings.kind, base_dir)
