@@ -101,7 +101,7 @@ def measure_overhead(work: Path, limit: int | None, env: dict) -> dict:
     shutil.rmtree(build / "eval")  # so the timed run measures the quantized model again
     model = build / "model"
     factory = run_child("factory", [*FACTORY, "evaluate", str(demo), "--workdir", str(work)], work / "f.log", env)
-    plain = run_child("plain", [sys.executable, "-c", PLAIN, str(REPO / "factory/stages/evaluate/tasks"), str(model),
+    plain = run_child("plain", [sys.executable, "-c", PLAIN, str(REPO / "factory/data/eval_tasks"), str(model),
                                 str(limit or "none")], work / "p.log", env)
     r = ratio(factory.wall_s, plain.wall_s)
     return {"factory_s": factory.wall_s, "plain_lm_eval_s": plain.wall_s, "ratio": r,
