@@ -10,8 +10,8 @@ import json
 import pytest
 
 from conftest import local_model_recipe, reload_in_fresh_process
-from factory.registry import get_method
 from factory.recipe import load_recipe
+from factory.registry import get_method
 
 
 @pytest.mark.parametrize("body, model_free", [

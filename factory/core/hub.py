@@ -33,6 +33,8 @@ from factory.core.atomic import atomic_dir, remove_stale, remove_stale_in
 from factory.core.errors import FactoryError, HubUnreachable, UserError, first_line
 from factory.core.hub_files import GITATTRIBUTES, RemoteFile, card_metadata, sha256_file
 from factory.core.locks import hold
+from factory.core.net import configure_hub_client, hub_retries, hub_timeout
+from factory.core.paths import cache_root
 from factory.core.redact import scrub
 from factory.core.safepath import segment
 
@@ -91,8 +93,6 @@ def target_for(to: str | None) -> Target:
 
 class Hub:
     def __init__(self) -> None:
-        from factory.core.net import configure_hub_client
-
         configure_hub_client()  # timeouts and bounded retries on every call (factory.core.net)
         from huggingface_hub import HfApi, constants, get_token
 
@@ -114,8 +114,6 @@ class Hub:
         """This machine's lock on one Hub repo (runs elsewhere are kept apart by the commit's parent)."""
         import hashlib
 
-        from factory.core.paths import cache_root
-
         key = hashlib.sha256(f"{self.endpoint}/{repo_id}".encode()).hexdigest()[:16]
         return hold(cache_root() / "locks" / f"hub-{key}.lock", f"{repo_id} on {self.endpoint}")
 
@@ -131,8 +129,6 @@ class Hub:
     def lookup(self, repo_id: str) -> RemoteBuild | None:
         try:
             with hub_errors("read", repo_id):
-                from factory.core.net import hub_timeout
-
                 info = self.api.model_info(repo_id, timeout=hub_timeout())  # it passes timeout=None otherwise
         except _NotFound:  # hub_errors maps "repository not found" on a read to this
             return None
@@ -197,8 +193,6 @@ class Hub:
     def read_file(self, repo_id: str, path: str, revision: str | None) -> bytes | None:
         """One small file of a repo (an evaluation record), downloaded alone; None when the repo has none."""
         from huggingface_hub.errors import EntryNotFoundError
-
-        from factory.core.net import hub_timeout
 
         try:
             with hub_errors("read", repo_id):
@@ -268,8 +262,6 @@ def _one_line_error(exc: BaseException | None, action: str, where: str) -> Excep
         return FactoryError(f"cannot {action}{where}: the Hub answered HTTP {status} ({_server_message(exc)}); "
                             f"{_after(action)}")
     if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
-        from factory.core.net import hub_retries, hub_timeout
-
         return HubUnreachable(f"cannot {action}{where}: the Hub did not answer within {hub_timeout():g} s "
                               f"({type(exc).__name__}, {1 + hub_retries()} tries; FACTORY_HUB_TIMEOUT, "
                               f"FACTORY_HUB_RETRIES); {_after(action)}")

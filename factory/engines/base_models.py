@@ -21,6 +21,7 @@ from pathlib import Path
 
 from factory.core.atomic import atomic_dir
 from factory.core.errors import HubUnreachable, UserError, first_line
+from factory.core.net import configure_hub_client, hub_timeout
 from factory.core.paths import cache_root
 from factory.core.safepath import check_revision, inside, segment
 
@@ -166,8 +167,6 @@ def resolve_hub_revision(model_id: str, revision: str) -> str:
         return revision
     from huggingface_hub import constants
 
-    from factory.core.net import configure_hub_client
-
     configure_hub_client()
     repo_cache = inside(Path(constants.HF_HUB_CACHE), f"models--{slug(model_id)}", what=f"model {model_id}")
     cached = inside(repo_cache, "refs", *revision.split("/"), what=f"model {model_id}: revision")
@@ -179,8 +178,6 @@ def resolve_hub_revision(model_id: str, revision: str) -> str:
     import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    from factory.core.net import hub_timeout
 
     try:
         return HfApi().model_info(model_id, revision=revision, timeout=hub_timeout()).sha
@@ -207,8 +204,6 @@ def _cached_commit(ref_file: Path) -> str | None:
 
 def _hub_snapshot(entry: "ModelEntry", commit: str) -> Path:
     from huggingface_hub import snapshot_download
-
-    from factory.core.net import configure_hub_client
 
     configure_hub_client()
     from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,

@@ -27,6 +27,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from factory.engines.calibration import DATA_DIR, DEMO_TEXT
+from factory.engines.gguf_vocab import field_value
+
 CALIBRATION_FILE = "calibration.json"
 WIKITEXT2 = "Salesforce/wikitext (wikitext-2-raw-v1, train split)"
 
@@ -81,8 +84,6 @@ def write_imatrix(path: Path, sums: dict, model_gguf: Path, dataset: str, seq_le
     import gguf
     import numpy as np
 
-    from factory.engines.gguf_vocab import field_value
-
     if not sums:
         raise RuntimeError("auto-round computed no importance data (no layer went through its optimized RTN)")
     reader = gguf.GGUFReader(model_gguf)
@@ -117,8 +118,6 @@ def read_imatrix(path: Path) -> dict:
     """{tensor name: mean squared input per column} and the file's metadata, as llama-quantize reads it."""
     import gguf
 
-    from factory.engines.gguf_vocab import field_value
-
     reader = gguf.GGUFReader(path)
     tensors = {t.name: t.data for t in reader.tensors}
     means = {name.removesuffix(".in_sum2"): data.reshape(-1) / float(tensors[name.replace(".in_sum2", ".counts")].reshape(-1)[0])
@@ -130,8 +129,6 @@ def read_imatrix(path: Path) -> dict:
 
 def calibration_identity(cal: "Calibration", recipe_dir: Path, windows: list[list[int]]) -> dict:
     """What names the calibration set exactly, without its text."""
-    from factory.engines.calibration import DATA_DIR, DEMO_TEXT
-
     text = {"wikitext2": WIKITEXT2, "demo": f"the factory's demo text ({DEMO_TEXT})",
             "file": Path(cal.path or "").name}[cal.source]
     path = DATA_DIR / DEMO_TEXT if cal.source == "demo" else recipe_dir / (cal.path or "")

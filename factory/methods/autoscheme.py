@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
+from factory.engines.calibration import calibration_windows
+from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak, text_tokenizer
 from factory.methods.base import PER_CHANNEL, CardFacts
 from factory.methods.llmcompressor_base import LLMCompressorMethod
 from factory.recipe import Strict
@@ -94,9 +96,6 @@ class AutoSchemeMethod(LLMCompressorMethod):
         from auto_round import AutoRound
         from auto_round.auto_scheme.gen_auto_scheme import AutoScheme
         from auto_round.schemes import QuantizationScheme
-
-        from factory.engines.calibration import calibration_windows
-        from factory.engines.loading import load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak, text_tokenizer
 
         options = self.options(settings)
         preprocessor = load_preprocessor(settings.kind, base_dir)

@@ -32,7 +32,7 @@ class BiLLM(SimulatedMethod):
         return "1.1"
 
     def weight_quantizer(self, settings):
-        from factory.engines.lowbit import billm
+        from factory.engines.lowbit import billm  # loads torch; methods import without it
 
         o = self.options(settings)
         return partial(billm.quantize_weight, block_size=128, max_salient_columns=o.max_salient_columns,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from factory.engines.calibration import calibration_windows
+from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
+                                     reset_gpu_peak, text_tokenizer)
 from factory.methods.base import PER_CHANNEL, CardFacts
 from factory.methods.simulated_base import SimulatedMethod, skip_patterns
 from factory.recipe import MAX_SAMPLES, MAX_SEED, MAX_SEQ_LEN, MAX_STEPS, Strict
@@ -86,9 +88,7 @@ class DBLLM(SimulatedMethod):
 
         import torch
 
-        from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class,
-                                             peak_gpu_mb, reset_gpu_peak, text_tokenizer)
-        from factory.engines.lowbit import dbllm
+        from factory.engines.lowbit import dbllm  # loads torch; methods import without it
 
         o = self.options(settings)
         preprocessor = load_preprocessor(settings.kind, base_dir)

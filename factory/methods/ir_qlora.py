@@ -42,7 +42,7 @@ class IRQLoRA(LoRAMethod):
         import torch
         from transformers import AutoModelForCausalLM, set_seed
 
-        from factory.engines.lora.iec import apply_elastic_lora  # imports torch: method modules load without it
+        from factory.engines.lora.iec import apply_elastic_lora  # loads torch; methods import without it
 
         dtype = torch.float32 if compute_dtype() == "float32" else torch.bfloat16
         lora = ft.lora
@@ -58,7 +58,7 @@ class IRQLoRA(LoRAMethod):
 
     def save(self, model, tokenizer, base_dir: Path, out: Path, ft, log) -> None:
         """The elastic LoRA merged exactly into the ICQ-dequantized base, a plain checkpoint in the base's dtype."""
-        from factory.engines.lora.iec import merge_elastic_lora  # imports torch: method modules load without it
+        from factory.engines.lora.iec import merge_elastic_lora  # loads torch; methods import without it
 
         model.eval()
         merged = merge_elastic_lora(model)

@@ -13,6 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from factory.engines.calibration import calibration_windows
+from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
+                                     reset_gpu_peak, text_tokenizer)
 from factory.methods.base import PER_CHANNEL, CardFacts, QuantMethod
 
 if TYPE_CHECKING:
@@ -52,10 +55,6 @@ class LLMCompressorMethod(QuantMethod):
         from datasets import Dataset
         from llmcompressor import oneshot
 
-        from factory.engines.calibration import calibration_windows
-        from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb, reset_gpu_peak,
-                                     text_tokenizer)
-
         preprocessor = load_preprocessor(settings.kind, base_dir)
         kwargs = {}
         if settings.calibration is not None:
@@ -83,11 +82,8 @@ class LLMCompressorMethod(QuantMethod):
         """The same scheme through llm-compressor's `model_free_ptq`: safetensors shard by shard, no model built,
         so a data-free build needs about one shard of memory instead of the whole model."""
         import torch
-        from llmcompressor.entrypoints.model_free import model_free_ptq
-
-        from factory.engines.loading import checkpoint_dtype, peak_gpu_mb, reset_gpu_peak
-
         from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
+        from llmcompressor.entrypoints.model_free import model_free_ptq
 
         quant = self.quantization_scheme(settings)
         reset_gpu_peak()

@@ -15,9 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from factory.engines.base_models import local_linear_layers
 from factory.methods.base import PER_CHANNEL
 from factory.methods.llmcompressor_base import LLMCompressorMethod
-from factory.recipe import GroupSize, Strict
+from factory.recipe import GroupSize, ModelEntry, Strict
 
 INT_BITS = (2, 3, 4, 8)
 SCALE_BITS = 16  # one bf16 scale per group (symmetric); an asymmetric group adds a zero point of the same width
@@ -86,7 +87,6 @@ class Mixed(LLMCompressorMethod):
                         out.append((("mixed", "groups", g, "targets", t), f"not a valid regex: {exc}"))
         if out:
             return out
-        from factory.engines.base_models import local_linear_layers
 
         base_dir = recipe.source_path.parent if recipe.source_path else None
         groups = [g.model_dump() for g in options.groups]
@@ -132,10 +132,7 @@ class Mixed(LLMCompressorMethod):
         return "MIXED-" + "-".join(f"W{g['bits']}" for g in settings.options["groups"]) + f"-W{settings.bits}"
 
     def quantize(self, base_dir, settings, out_dir, recipe_dir):
-        from factory.recipe import ModelEntry
-
         figures = super().quantize(base_dir, settings, out_dir, recipe_dir)
-        from factory.engines.base_models import local_linear_layers
 
         layers = local_linear_layers(ModelEntry(id="local/base", source="local", path=str(out_dir), kind=settings.kind),
                                      out_dir.parent) or {}

@@ -50,7 +50,7 @@ class PBLLM(SimulatedMethod):
         return f"{round(self.paper_bits(settings), 1):g}"
 
     def weight_quantizer(self, settings):
-        from factory.engines.lowbit import pbllm
+        from factory.engines.lowbit import pbllm  # loads torch; methods import without it
 
         o = self.options(settings)
         return partial(pbllm.quantize_weight, salient_fraction=o.salient_fraction, salient_bits=o.salient_bits,

@@ -36,7 +36,7 @@ class QuIP(SimulatedMethod):
         return f"W{settings.bits}A16-simulated"
 
     def weight_quantizer(self, settings):
-        from factory.engines.lowbit.quip import SeededQuantizer
+        from factory.engines.lowbit.quip import SeededQuantizer  # loads torch; methods import without it
 
         o = self.options(settings)
         return SeededQuantizer(o.seed, bits=settings.bits, dampening_frac=o.dampening_frac, block_size=128)

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from factory.engines.calibration import calibration_windows
+from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class, peak_gpu_mb,
+                                     reset_gpu_peak, text_tokenizer)
 from factory.methods.base import CardFacts, QuantMethod, simulated_note
 
 if TYPE_CHECKING:
@@ -48,9 +50,8 @@ class SimulatedMethod(QuantMethod):
     def quantize(self, base_dir: Path, settings: "Settings", out_dir: Path, recipe_dir: Path) -> dict:
         import torch
 
-        from factory.engines.loading import (checkpoint_dtype, compute_dtype, load_preprocessor, model_class,
-                                             peak_gpu_mb, reset_gpu_peak, text_tokenizer)
-        from factory.engines.lowbit import quantize_model_layers, weighted_bits
+        from factory.engines.lowbit import (quantize_model_layers,  # loads torch; methods import without it
+                                            weighted_bits)
 
         preprocessor = load_preprocessor(settings.kind, base_dir)
         windows = calibration_windows(settings.calibration, text_tokenizer(preprocessor), recipe_dir)

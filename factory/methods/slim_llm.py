@@ -38,7 +38,7 @@ class SliMLLM(SimulatedMethod):
         return f"W{settings.bits}A16-g128-mixed-simulated"
 
     def weight_quantizer(self, settings):
-        from factory.engines.lowbit import slim_llm
+        from factory.engines.lowbit import slim_llm  # loads torch; methods import without it
 
         o = self.options(settings)
         return partial(slim_llm.quantize_weight, target_bits=settings.bits, group_size=128,

@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from factory.engines.base_models import local_linear_shapes, local_text_config
+from factory.engines.lora.data import check_file
 from factory.recipe.fields import MAX_BATCH_SIZE
 from factory.recipe.naming import hub_repo_id_problem
 from factory.recipe.publish_repo import repo_id_problem
 from factory.recipe.schema import Recipe, block_field
+from factory.recipe.tasks import suite
 from factory.registry import get_method, method_names
 
 
@@ -34,8 +37,6 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
             elif not ft.data.path.endswith((".json", ".jsonl")):
                 out.append((("finetune", "data", "path"), "must be an Alpaca-format .json or .jsonl file"))
             else:
-                from factory.engines.lora.data import check_file
-
                 problem = check_file(base_dir / ft.data.path)
                 if problem:
                     out.append((("finetune", "data", "path"), f"{ft.data.path} is not Alpaca-format: {problem}"))
@@ -60,8 +61,6 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
     if isinstance(ev.batch_size, int) and not 0 < ev.batch_size <= MAX_BATCH_SIZE:
         out.append((("evaluation", "batch_size"), f"must be from 1 to {MAX_BATCH_SIZE} (or 'auto')"))
     if ev.gates is not None and ev.gates.tasks:
-        from factory.recipe.tasks import suite
-
         measured: set[str] = set()
         for entry in recipe.models:
             tasks, perplexity = suite(ev.suite, entry.kind)
@@ -91,7 +90,6 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
         o = entry.overrides
         group = recipe.effective(entry).group_size
         if check_model_configs and isinstance(group, int) and group > 0 and method.checks_group_divisibility():
-            from factory.engines.base_models import local_text_config
             config = local_text_config(entry, base_dir)
             if config is not None:
                 field = (*here, "overrides", "group_size") if o.group_size is not None else ("weights", "group_size")
@@ -100,8 +98,6 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
                         out.append((field, f"{group} does not divide {entry.id}'s {name} ({size})"))
                         break
         if check_model_configs:
-            from factory.engines.base_models import local_linear_shapes
-
             shapes = local_linear_shapes(entry, base_dir)
             problem = method.layer_shape_problem(recipe.effective(entry), *shapes) if shapes else None
             if problem:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from factory.core.safepath import revision_problem
+
 REPO_TEMPLATE_FIELDS = ("org", "model", "recipe", "method", "METHOD", "bits", "group", "scheme")
 
 
 def git_ref(value: str) -> str:
     """A revision is a git ref name or a commit; it is also a path in the Hugging Face cache (refs/<revision>)."""
-    from factory.core.safepath import revision_problem
-
     problem = revision_problem(value)
     if problem:
         raise ValueError(f"{value!r} is not a branch, tag or 40-hex commit: {problem}")

@@ -16,6 +16,7 @@ from factory.core.cache import made_once
 from factory.core.code_digest import code_digest
 from factory.core.paths import cache_root
 from factory.engines.base_models import fetch_base, slug, source_revision
+from factory.methods import gguf as gguf_method
 from factory.pipeline.fingerprint import digest, library_versions
 
 FILE_TYPE = "F16"
@@ -31,8 +32,6 @@ def identity(entry, recipe_dir: Path) -> dict:
 
 def base_gguf(entry, recipe_dir: Path, log=print) -> Path:
     """The cached F16 GGUF of `entry`'s base checkpoint, written first if this machine has none."""
-    from factory.methods.gguf import write_unquantized  # the GGUF method's writer (auto-round's converter)
-
     ident = identity(entry, recipe_dir)
     target = cache_root() / "base-gguf" / slug(entry.id) / digest(ident)
 
@@ -40,7 +39,7 @@ def base_gguf(entry, recipe_dir: Path, log=print) -> Path:
         log(f"  speed: writing the base model as an {FILE_TYPE} GGUF once (cached in {target})")
         base = fetch_base(entry, recipe_dir)
         try:
-            write_unquantized(base.path, partial / FILE_NAME, FILE_TYPE)
+            gguf_method.write_unquantized(base.path, partial / FILE_NAME, FILE_TYPE)  # the GGUF method's writer
             (partial / "identity.json").write_text(json.dumps(ident, indent=2, sort_keys=True) + "\n")
         except OSError as exc:
             raise RuntimeError(f"could not write the base model's {FILE_TYPE} GGUF in {target.parent}: "
