@@ -45,6 +45,17 @@ _entries: dict[str, object] = dict(BUILTIN)
 _version = 0  # bumped by register/unregister: caches keyed on it (the recipe model) rebuild
 
 
+def _instance(table: dict, name: str, what: str):
+    """An instance of the class registered as `name`: a `"module:Class"` string is imported on first use."""
+    target = table.get(name)
+    if target is None:
+        raise UserError(f"unknown {what} {name!r} (known: {', '.join(table)})")
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    return target()
+
+
 def method_names() -> list[str]:
     return list(_entries)
 
@@ -71,13 +82,7 @@ def unregister(name: str) -> None:
 @functools.cache
 def get_method(name: str):
     """The method instance for a recipe's `method:` value."""
-    target = _entries.get(name)
-    if target is None:
-        raise UserError(f"unknown method {name!r} (known: {', '.join(_entries)})")
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-    method = target()
+    method = _instance(_entries, name, "method")
     if method.name != name:
         raise RuntimeError(f"registry entry {name!r} points at a method named {method.name!r}")
     return method
@@ -121,13 +126,7 @@ def unregister_stage(name: str) -> None:
 @functools.cache
 def get_stage(name: str):
     """The stage instance registered under `name`."""
-    target = STAGES.get(name)
-    if target is None:
-        raise UserError(f"unknown stage {name!r} (known: {', '.join(STAGES)})")
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-    return target()
+    return _instance(STAGES, name, "stage")
 
 
 def stage_named(name: str):
