@@ -370,14 +370,14 @@ def tiny_smollm2(tmp_path_factory) -> Path:
 
 
 def _build_tiny(tmp_path, model_dir: Path, name: str, body: str, monkeypatch):
-    import factory.engines.base_models
+    import factory.engines.gguf_vocab
     from factory.engines.base_models import SMOLLM2_GGUF, _smollm2_package_dir
     from factory.pipeline.build import Build
     from factory.recipe import load_recipe
     from factory.stages.artifact import quantize
 
     # the tokenizer metadata comes from SmolLM2's own GGUF, as for the demo base (gguf_vocab)
-    monkeypatch.setattr(factory.engines.base_models, "gguf_origin", lambda path: _smollm2_package_dir() / SMOLLM2_GGUF)
+    monkeypatch.setattr(factory.engines.gguf_vocab, "gguf_origin", lambda path: _smollm2_package_dir() / SMOLLM2_GGUF)
     path = write_recipe(tmp_path, f"name: {name}\nmethod: gguf\n{body}\n"
                         f"models: [{{id: test/tiny, source: local, path: {model_dir}}}]\n", f"{name}.yaml")
     recipe = load_recipe(path)

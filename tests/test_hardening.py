@@ -300,7 +300,7 @@ def test_global_flags_work_before_and_after_the_subcommand(argv):
 
 
 def test_debug_before_the_subcommand_shows_the_traceback(tmp_path, monkeypatch):
-    import factory.cli as cli
+    from factory.cli import commands as cli
 
     def broken(args):
         raise RuntimeError("internal")
@@ -414,7 +414,7 @@ def test_server_messages_and_cli_errors_are_scrubbed(tmp_path, monkeypatch, caps
     import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
-    import factory.cli as cli
+    from factory.cli import commands as cli
     from factory.core.hub import hub_errors
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
@@ -470,14 +470,14 @@ def test_broken_pipe_is_quiet():
 ])
 def test_interrupt_messages_fit_the_command(tmp_path, monkeypatch, capsys, command, words):
     import factory.pipeline.build
-    import factory.recipe as recipes
+    from factory.cli import commands
 
     monkeypatch.setattr(factory.pipeline.build, "interrupted_stage", None)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(recipes, "load_recipe", interrupted)
+    monkeypatch.setattr(commands, "load_recipe", interrupted)  # the commands read the recipe first
     extra = ["--to", str(tmp_path / "hub")] if command == "push" else []
     assert main([command, str(hub_recipe(tmp_path)), *extra]) == 130
     err = lines(capsys.readouterr().err)
@@ -494,7 +494,8 @@ def test_an_interrupted_stage_is_named_and_discarded(tmp_path, monkeypatch, caps
         raise KeyboardInterrupt
 
     monkeypatch.setattr(factory.pipeline.build, "interrupted_stage", None)
-    monkeypatch.setattr(factory.stages.artifact, "quantize", lambda build: run_stage(build, "quantize", interrupted_work))
+    monkeypatch.setattr(factory.stages.artifact, "build_artifact",
+                        lambda build, log=print: run_stage(build, "quantize", interrupted_work))
     assert main(["quantize", str(hub_recipe(tmp_path)), "--workdir", str(tmp_path)]) == 130
     assert lines(capsys.readouterr().err) == [
         "interrupted (Ctrl-C): the quantize stage of hub-rtn / test/tiny was stopped and discarded (not marked "

@@ -100,5 +100,5 @@ def test_publish_runs_the_new_stage_in_its_place(file_count_stage, evaluated_bui
     said = [line.split(":")[0].strip() for line in logs]
     assert [name for name in said if name in ("quantize", "evaluate", "file-count", "card")] == \
         ["quantize", "evaluate", "file-count", "card"]
-    assert list(done.results) == ["artifact", "evaluate", "file-count", "card", "push"]
+    assert [name for name in done.results if name != "speed"] == ["artifact", "evaluate", "file-count", "card", "push"]
     assert (build.stage_dir("file-count") / "count.json").is_file()
