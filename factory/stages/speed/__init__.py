@@ -50,7 +50,8 @@ from factory.pipeline.artifact import Artifact
 from factory.pipeline.build import Build, StageResult, run_stage
 from factory.pipeline.fingerprint import BASE_LIBRARIES, digest, library_versions
 from factory.pipeline.stage import Options, Stage
-from factory.stages.speed.base_gguf import base_gguf, identity as gguf_identity
+from factory.stages.speed.base_gguf import base_gguf as f16_gguf  # (as: `speed.base_gguf` stays the module)
+from factory.stages.speed.base_gguf import identity as gguf_identity
 from factory.stages.speed.runtime_quality import quality_figures, score_request
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ def speed(build: Build, log=print) -> StageResult:
 def base_artifact(build: Build, runtime: str, log=print) -> "Artifact":
     """The base model as the runtime loads it: its checkpoint, or for llama.cpp its F16 GGUF."""
     if runtime == "llama.cpp":
-        return Artifact("gguf", base_gguf(build.entry, build.recipe_dir, log).parent)
+        return Artifact("gguf", f16_gguf(build.entry, build.recipe_dir, log).parent)
     return Artifact("checkpoint", fetch_base(build.entry, build.recipe_dir).path)
 
 
