@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from factory.core.code_digest import code_digest as code_digest  # re-exported for the fingerprint readers
 from factory.engines.base_models import source_revision
 from factory.engines.calibration import calibration_digest
 from factory.engines.lora.data import ALPACA_HUB_ID, DEMO_FILE
