@@ -36,8 +36,10 @@ demo: $(VENV)/.installed
 # Two workers (pytest-xdist), one file each at a time, so a module's fixtures (the SmolLM2 builds) are made once.
 # --no-loadscope-reorder keeps the order tests/conftest.py sets (the longest file first); xdist would sort files
 # by their number of tests and start the real-model file (six tests, ~13 min) last.
+# --max-worker-restart 0: a worker that crashes (native code) fails the run at once, naming its test; replacing
+# it under --dist loadfile hung the run until CI's time ran out.
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart 0 --durations=15
 
 # Every command README.md shows and every shipped offline recipe, run from a clean copy of the
 # checkout (tests/docs_check.py): the offline ones end to end (published to a local hub folder),

@@ -86,6 +86,27 @@ def test_a_file_llama_cpp_refuses_is_one_line_with_its_reason(tmp_path):
 # ---------------------------------------------------------------- the demo model in llama.cpp
 
 
+_CHILD = """
+import json, sys
+from pathlib import Path
+from factory.engines import llama_cpp
+path, n_ctx, function, args = json.loads(sys.stdin.read())
+server = llama_cpp.open_server(Path(path), n_ctx=n_ctx, threads=1)
+print(json.dumps(getattr(llama_cpp, function)(server, *args)))
+"""
+
+
+def in_child(path: Path, n_ctx: int, function: str, *args):
+    """`llama_cpp.<function>(server, *args)` over a server on `path`, in a child process, as the speed stage's
+    worker runs it. xllamacpp is native code: in one full suite run a chat segfaulted the pytest worker that
+    had run other files before (never alone), and xdist then hung replacing it. In a child, a crash fails
+    only this test, with its exit code."""
+    done = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps([str(path), n_ctx, function, list(args)]),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"llama.cpp child exited {done.returncode}: {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """The SmolLM2 demo's Q8_0 GGUF build and its base's F16 GGUF (cached in the session's FACTORY_CACHE)."""
@@ -130,10 +151,9 @@ def test_the_gguf_carries_the_base_chat_template_and_a_chat_ends_on_eos(demo):
     base_tokenizer = AutoTokenizer.from_pretrained(fetch_base(build.entry, build.recipe_dir).path)
     assert demo["record"].get("chat_template") is True
     assert chat_template_of(demo["file"]) == base_tokenizer.chat_template
-    server = llama_cpp.open_server(demo["file"], n_ctx=512, threads=1)
     # (a 135M model is fragile: without "Answer in one sentence." its Q8_0 file rambles on in French,
     # while the F16 answers; the card records the turn it was given)
-    reply = llama_cpp.chat(server, CHAT_MESSAGE, 48)
+    reply = in_child(demo["file"], 512, "chat", CHAT_MESSAGE, 48)
     assert reply["stopped_at_eos"] and reply["finish_reason"] == "stop", reply
     assert "Paris" in reply["reply"]
     assert reply["completion_tokens"] < 48
@@ -165,8 +185,7 @@ def test_kl_and_agreement_tell_a_good_file_from_a_corrupted_one(demo, tmp_path):
     assert len(windows_) == 2 and all(len(w) == 48 for w in windows_)
 
     def score(path: Path) -> list[dict]:
-        server = llama_cpp.open_server(path, n_ctx=256, threads=1)
-        return llama_cpp.score_windows(server, windows_, 20)
+        return in_child(path, 256, "score_windows", windows_, 20)
 
     base = score(demo["base"])
     good = llama_cpp.compare(score(demo["file"]), base)
