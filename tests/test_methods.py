@@ -131,3 +131,31 @@ def test_listing_commands_import_no_torch(command, tmp_path):
     done = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert "torch was imported" not in done.stderr
     assert done.returncode in (0, 2), done.stderr[-2000:]  # plan offline may refuse an unpinned revision
+
+
+def test_the_card_template_asks_no_method_or_output_kind_and_every_part_a_build_names_exists():
+    """What differs between methods and kinds is a card part the build names (model_cards/README.md),
+    so the template's tags never test a method, a format or an artifact kind."""
+    import re
+
+    from factory.core.paths import TEMPLATES_DIR
+    from factory.pipeline.artifact import KINDS
+
+    tags = re.findall(r"{%.*?%}", (TEMPLATES_DIR / "model_card.md.j2").read_text())
+    for word in ("gguf", "simulated", "adapter", "format", "s.method", "artifact_kind"):
+        assert not [t for t in tags if word in t], word
+    named = {kind.card_usage for kind in KINDS.values()}
+    methods_seen = set()
+    for path in sorted((REPO / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path, check_model_configs=False)
+        method = get_method(recipe.method)
+        methods_seen.add(method.name)
+        facts = method.card_facts(recipe.effective(recipe.models[0]))
+        named |= {p for p in (facts.notice_part, facts.training_part, facts.weights_part) if p}
+        assert facts.base_model_relation in ("quantized", "adapter", "finetune"), path.name
+        assert bool(facts.notice_part) == method.simulated, path.name  # simulated storage is always said
+    missing = [p for p in sorted(named) if not (TEMPLATES_DIR / p).is_file()]
+    assert not missing
+    assert len(methods_seen) >= 20  # the shipped recipes cover (nearly) every method
+    for name in method_names():
+        assert get_method(name).simulated == (get_method(name).output_format == "simulated"), name

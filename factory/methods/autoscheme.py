@@ -142,6 +142,7 @@ class AutoSchemeMethod(LLMCompressorMethod):
             load_note="Loading needs `compressed-tensors` (`pip install compressed-tensors`); transformers "
                       "decompresses the weights to 16 bits when it loads them on a CPU.",
             serve_note=serve,
+            weights_part="parts/weights-layer-groups.md.j2",
         )
 
 

@@ -34,6 +34,12 @@ class CardFacts:
     serve_note: str  # Markdown: how to serve it, or why a runtime cannot
     library_name: str = "transformers"  # the card's library_name (the Hub's library filter)
     data_note: str = ""  # Markdown: what data beyond the base shaped the weights, and what it was measured to do
+    base_model_relation: str = "quantized"  # the Hub's relation to the base: quantized, adapter or finetune
+    headline: str = ""  # what the build is, the card's first words ("": "<METHOD> <scheme> quantization")
+    # The card's parts (model_cards/parts/) that differ by method; each reads the stage record its method wrote.
+    notice_part: str = ""  # a notice under the title (simulated storage)
+    training_part: str = ""  # a section on the training run (LoRA fine-tuning)
+    weights_part: str = "parts/weights-int.md.j2"  # the Quantization table's rows on weights and activations
 
 
 def simulated_note(method: str) -> str:
@@ -79,6 +85,10 @@ class QuantMethod:
     supported_kinds: ClassVar[tuple[str, ...]] = ("causal-lm", "llava-next")
     unsupported_kind_reason: ClassVar[str] = ""
     stage: ClassVar[str] = "quantize"  # the artifact stage's verb that builds it (finetune for LoRA)
+    # the recipe's `finetune:` block (LoRA training settings) applies to it
+    takes_finetune: ClassVar[bool] = False
+    # the weights take only the method's values but are stored dequantized at full size (the paper's way)
+    simulated: ClassVar[bool] = False
     artifact_kind: ClassVar[Literal["checkpoint", "adapter", "gguf"]] = "checkpoint"
     # the recipe block named after the method (e.g. `gptq: {dampening_frac: 0.01}`), if it has options
     Options: ClassVar[type[BaseModel] | None] = None

@@ -240,6 +240,7 @@ class GGUF(QuantMethod):
             serve_note=serve,
             library_name="gguf",  # the Hub files GGUF repos under library "gguf" (models?library=gguf)
             data_note=MEASURED if importance else "",
+            weights_part="parts/weights-gguf.md.j2",
         )
 
 

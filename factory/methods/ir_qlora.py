@@ -26,6 +26,7 @@ class IRQLoRA(LoRAMethod):
     paper_name = "IR-QLoRA"
     summary = "ICQ-calibrated NF4 base + elastic LoRA (our code), published merged (simulated 4-bit)"
     output_format = "simulated"
+    simulated = True
     artifact_kind = "checkpoint"
     libraries = ("accelerate",)
 
@@ -80,4 +81,8 @@ class IRQLoRA(LoRAMethod):
                       "4-bit storage (the ICQ codes, shifts and the separate adapter are not kept; the weights are "
                       "their dequantized, merged values in the checkpoint's dtype, so rounding to that dtype is "
                       "the only change from the trained model).",
-            serve_note="")
+            serve_note="",
+            headline=f"{settings.method.upper()} ({settings.scheme_label}) LoRA fine-tuning over a 4-bit NF4 "
+                     "quantization",
+            notice_part="parts/notice-merged-lora.md.j2", training_part="parts/fine-tuning.md.j2",
+            base_model_relation="finetune")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 class LoRAMethod(QuantMethod):
     stage = "finetune"
+    takes_finetune = True
     nf4_reference = True  # the LoRA-FT table's NormalFloat row: the NF4 base, not fine-tuned
     supported_bits = (4,)
     default_group_size = 64

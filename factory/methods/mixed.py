@@ -11,6 +11,7 @@ the scheme each group was given, its layer count, and the effective bits per wei
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -130,6 +131,9 @@ class Mixed(LLMCompressorMethod):
 
     def scheme_label(self, settings):
         return "MIXED-" + "-".join(f"W{g['bits']}" for g in settings.options["groups"]) + f"-W{settings.bits}"
+
+    def card_facts(self, settings):
+        return replace(super().card_facts(settings), weights_part="parts/weights-layer-groups.md.j2")
 
     def quantize(self, base_dir, settings, out_dir, recipe_dir):
         figures = super().quantize(base_dir, settings, out_dir, recipe_dir)

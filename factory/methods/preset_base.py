@@ -140,6 +140,7 @@ class PresetFormat(LLMCompressorMethod):
                                       ("FP8", "FP4")) else "") + ".",
             serve_note=(f"Packed, it is served by {self.serving}:\n\n```bash\nvllm serve {{repo_id}}"
                         + (" --kv-cache-dtype fp8" if kv else "") + f"\n```\n{kv}"),
+            weights_part="parts/weights-format.md.j2",
         )
 
 

@@ -68,4 +68,7 @@ class QLoRA(LoRAMethod):
             library_name="peft",  # the Hub's library filter: an adapter is loaded with peft
             load_note="Load the base model in NF4 (bitsandbytes, double quantization) and the adapter with "
                       "`PeftModel.from_pretrained(base, repo)`.",
-            serve_note="")
+            serve_note="",
+            headline=f"{settings.method.upper()} ({settings.scheme_label}) LoRA fine-tuning adapter over a 4-bit NF4 "
+                     "quantization",
+            training_part="parts/fine-tuning.md.j2", base_model_relation="adapter")

@@ -27,6 +27,7 @@ def skip_patterns(settings: "Settings") -> list[str]:
 
 class SimulatedMethod(QuantMethod):
     output_format = "simulated"
+    simulated = True
     needs_calibration = True
     runtimes = ("transformers",)
     fixed_group_size = (128, "the paper's setting: blocks of 128 columns")
@@ -80,4 +81,5 @@ class SimulatedMethod(QuantMethod):
                       "but are stored at full size (simulated quantization, as the paper evaluates it); no "
                       "runtime packs this format.",
             serve_note="",
+            notice_part="parts/notice-simulated.md.j2",
         )

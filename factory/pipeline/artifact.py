@@ -43,6 +43,16 @@ class Artifact:
         return self._kind.gguf_file(self)
 
     @property
+    def whole_checkpoint(self) -> bool:
+        """A model folder that loads as it is (vLLM, lmms-eval's llava_hf): not an adapter, not a GGUF file."""
+        return self._kind.whole_checkpoint
+
+    @property
+    def card_usage(self) -> str:
+        """The model card part (model_cards/parts/) that shows how to load it."""
+        return self._kind.card_usage
+
+    @property
     def loaded_as(self) -> str | None:
         """How evaluation loads it, where that differs from how a user runs it."""
         return self._kind.loaded_as
@@ -97,6 +107,8 @@ class Checkpoint:
     """A whole checkpoint folder, loaded as saved."""
 
     loaded_as: str | None = None
+    whole_checkpoint = True
+    card_usage = "parts/usage-checkpoint.md.j2"
 
     def gguf_file(self, a: Artifact) -> str | None:
         return None
@@ -126,6 +138,9 @@ class Checkpoint:
 class Adapter(Checkpoint):
     """A peft adapter over the base checkpoint."""
 
+    whole_checkpoint = False
+    card_usage = "parts/usage-adapter.md.j2"
+
     def weights_dir(self, a: Artifact) -> Path:
         return a.base_path or a.path
 
@@ -150,6 +165,9 @@ class Adapter(Checkpoint):
 
 class GGUF(Checkpoint):
     """One .gguf file: weights and tokenizer."""
+
+    whole_checkpoint = False
+    card_usage = "parts/usage-gguf.md.j2"
 
     loaded_as = ("GGUF file through transformers (gguf_file=), weights dequantized on load, tokenized with the "
                  "base model's tokenizer (which the file's tokenizer metadata reproduces, checked at build time)")

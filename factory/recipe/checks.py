@@ -26,9 +26,9 @@ def check_recipe(recipe: Recipe, base_dir: Path, check_model_configs: bool = Tru
             out.append(((other,), f"only applies to method {other}, not {m}"))
 
     ft = recipe.finetune
-    if ft is not None and method.stage != "finetune":
+    if ft is not None and not method.takes_finetune:
         out.append((("finetune",), f"only applies to LoRA fine-tuning methods, not {m}"))
-    if ft is not None and method.stage == "finetune":
+    if ft is not None and method.takes_finetune:
         if ft.data.source == "file":
             if not ft.data.path:
                 out.append((("finetune", "data", "path"), "required with source: file"))

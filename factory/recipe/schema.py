@@ -180,7 +180,7 @@ class Recipe(Strict):
             ignore=list(ignore) if ignore is not None else list(DEFAULT_IGNORE[entry.kind]),
             calibration=self.calibration if method.uses_calibration(options) else None,
             options=options.model_dump(mode="json") if options is not None else None,
-            finetune=(self.finetune or FineTune()) if method.stage == "finetune" else None,
+            finetune=(self.finetune or FineTune()) if method.takes_finetune else None,
         )
 
 

@@ -26,6 +26,7 @@ from factory.core.plots import pyplot, save
 from factory.core.tables import num, text_table
 from factory.engines.base_models import slug
 from factory.engines.lora.train import LOSS_PNG
+from factory.pipeline.artifact import KINDS
 from factory.pipeline.build import Build, StageResult, run_stage
 from factory.pipeline.fingerprint import digest, factory_metadata, publish_fingerprint
 from factory.pipeline.manifest import MANIFEST, Manifest
@@ -64,53 +65,55 @@ class Sibling:
     size_bytes: int | None
 
 
-# The Hub's base_model_relation: a LoRA adapter, or a fine-tuned (merged) checkpoint, or a quantization.
-RELATION = {(True, "adapter"): "adapter", (True, "checkpoint"): "finetune"}
-
-
 def card(build: Build, repo_id: str) -> StageResult:
     """Render the card for `repo_id`, or skip when nothing it shows has changed."""
-    evaluated = build.stage_dir("evaluate")
+    return run_stage(build, "card", lambda out: write_card(build, repo_id, out), card_fingerprint(build, repo_id))
+
+
+def _speed_file(build: Build) -> Path | None:
+    """The speed stage's figures, where it finished (the card shows them)."""
+    record, path = build.manifest().stage("speed"), build.stage_dir("speed") / "speed.json"
+    return path if record is not None and record.status == "done" and path.is_file() else None
+
+
+def card_fingerprint(build: Build, repo_id: str) -> str:
+    """Everything the card shows: the build, its scores and speed, gates, siblings, template and code."""
     manifest = build.manifest()
-    siblings = find_siblings(build)
-    speed_record = manifest.stage("speed")
-    speed_file = build.stage_dir("speed") / "speed.json"
-    measured_speed = speed_record is not None and speed_record.status == "done" and speed_file.is_file()
     template = TEMPLATES / TEMPLATE
     if not template.is_file():
         raise UserError(f"model card template missing: {template}")
-    inputs = {
+    return digest({
         "build": build.fingerprint(),
         "evaluation": manifest.stages["evaluate"].fingerprint,
-        "speed": speed_record.fingerprint if measured_speed else None,
+        "speed": manifest.stage("speed").fingerprint if _speed_file(build) else None,
         "gates": manifest.gates.model_dump() if manifest.gates else None,
         "repo_id": repo_id,
-        "siblings": [s.__dict__ for s in siblings],
-        "template": hashlib.sha256(template.read_bytes()).hexdigest(),
+        "siblings": [s.__dict__ for s in find_siblings(build)],
+        "template": _template_digest(template),
         "recipe_text": _recipe_text(build),
         # the card's code (CARD_CODE: the paper row it shares with the report, the Collection it links to):
         # their syntax trees, so moving a module does not re-render every card
         "code": code_digest(CARD_CODE),
-    }
-    fingerprint = digest(inputs)
+    })
 
-    def work(out: Path) -> dict:
-        scores = json.loads((evaluated / "scores.json").read_text())
-        plot_recovery(scores, out / RECOVERY_PLOT)
-        loss_plot = build.model_dir / LOSS_PNG
-        if loss_plot.is_file():  # fine-tuning builds: the training loss curve
-            shutil.copyfile(loss_plot, out / LOSS_PNG)
-        if siblings:
-            plot_comparison(build, scores, siblings, out / COMPARISON_PLOT)
-        speed = json.loads(speed_file.read_text()) if measured_speed else None
-        text = render(build, repo_id, scores, siblings, speed)
-        check_card(text)
-        (out / CARD_FILE).write_text(text, encoding="utf-8")
-        (out / BUILD_FILE).write_text(json.dumps(build_record(build), indent=2, sort_keys=True) + "\n",
-                                      encoding="utf-8")
-        return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
 
-    return run_stage(build, "card", work, fingerprint=fingerprint)
+def write_card(build: Build, repo_id: str, out: Path) -> dict:
+    """The card stage's work: README.md, its plots and build.json in `out`; the manifest's figures."""
+    siblings = find_siblings(build)
+    scores = json.loads((build.stage_dir("evaluate") / "scores.json").read_text())
+    plot_recovery(scores, out / RECOVERY_PLOT)
+    loss_plot = build.model_dir / LOSS_PNG
+    if loss_plot.is_file():  # fine-tuning builds: the training loss curve
+        shutil.copyfile(loss_plot, out / LOSS_PNG)
+    if siblings:
+        plot_comparison(build, scores, siblings, out / COMPARISON_PLOT)
+    speed_file = _speed_file(build)
+    speed = json.loads(speed_file.read_text()) if speed_file else None
+    text = render(build, repo_id, scores, siblings, speed)
+    check_card(text)
+    (out / CARD_FILE).write_text(text, encoding="utf-8")
+    (out / BUILD_FILE).write_text(json.dumps(build_record(build), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return {"repo_id": repo_id, "siblings": [s.recipe for s in siblings]}
 
 
 def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], speed: dict | None = None) -> str:
@@ -133,7 +136,7 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
     data = ModelCardData(
         base_model=entry.id, library_name=facts.library_name, pipeline_tag=kind_task, license=base_license(build),
         tags=tags, model_name=repo_id.split("/")[-1], eval_results=eval_results or None,
-        base_model_relation=RELATION.get((s.finetune is not None, build.method.artifact_kind), "quantized"),
+        base_model_relation=facts.base_model_relation,
         factory=factory_metadata(build),
     )
     context = {
@@ -150,8 +153,10 @@ def render(build: Build, repo_id: str, scores: dict, siblings: list[Sibling], sp
         "speed": speed, "speed_rows": speed_rows(speed) if speed else [],
         "num": lambda v: "-" if v is None else f"{v:,.1f}", "sec": lambda v: "-" if v is None else f"{v:.2f} s",
         "mbv": lambda v: "-" if v is None else f"{v:,.0f} MB",
+        "headline": facts.headline or f"{s.method.upper()} {s.scheme_label} quantization",
+        "usage_part": KINDS[build.method.artifact_kind].card_usage,
         "ft": s.finetune, "lora_ft": lora_ft_rows(entry.id, build.method.paper_name) if s.finetune else None,
-        "loss_plot": LOSS_PNG, "adapter": build.method.artifact_kind == "adapter",
+        "loss_plot": LOSS_PNG,
         "has_nf4": any(r["nf4"] is not None for r in rows),
         "links": study_links(build, repo_id),
         "ours_in_paper": _ours_in_paper(build, scores, speed, repo_id),
@@ -325,6 +330,12 @@ def plot_comparison(build: Build, scores: dict, siblings: list[Sibling], path: P
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def _template_digest(template: Path) -> str:
+    """The template and every part it may include (model_cards/parts/), by content."""
+    files = [template, *sorted((template.parent / "parts").glob("*.j2"))]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 def _recipe_text(build: Build) -> str:

@@ -32,6 +32,7 @@ class BuildFigures:
     group_size: int | str
     scheme: str
     output_format: str
+    simulated: bool  # the method stores dequantized full-size weights (QuantMethod.simulated)
     finetune: bool
     scores: dict
     speed: dict | None
@@ -42,10 +43,6 @@ class BuildFigures:
     @property
     def smoke(self) -> bool:
         return bool(self.scores.get("smoke"))
-
-    @property
-    def simulated(self) -> bool:
-        return self.output_format == "simulated"
 
     @property
     def eval_runtime(self) -> str | None:
@@ -116,7 +113,8 @@ def build_figures(build: Build, settings_data, record: dict, scores: dict, speed
         source=source, commit=commit, repo_id=repo_id, recipe=build.recipe.name, model=build.entry.id,
         kind=settings.kind, method=method.name, paper_name=method.paper_name,
         paper_bits=method.paper_bits_label(settings), bits=settings.bits, group_size=settings.group_size,
-        scheme=settings.scheme_label, output_format=method.output_format, finetune=settings.finetune is not None,
+        scheme=settings.scheme_label, output_format=method.output_format, simulated=method.simulated,
+        finetune=settings.finetune is not None,
         scores=scores, speed=speed, size_bytes=size_bytes, effective_bits=bits, effective_bits_source=how)
 
 

@@ -59,7 +59,7 @@ def check_tasks(tasks: tuple[str, ...]) -> None:
 def run(plan: EvalPlan, artifact, out_dir: Path, device: str, placement=None) -> Measured:
     from lmms_eval.evaluator import simple_evaluate
 
-    if artifact.kind != "checkpoint":
+    if not artifact.whole_checkpoint:
         raise UserError("evaluation: lmms-eval's llava_hf model loads whole checkpoints, not adapters")
     model_path = artifact.path
     processor_config = model_path / "processor_config.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from factory.engines.llama_cpp import measure_speed
 from factory.engines.loading import compute_dtype, model_class, peak_gpu_mb, reset_gpu_peak
-from factory.pipeline.artifact import Artifact
+from factory.pipeline.artifact import KINDS, Artifact
 from factory.pipeline.build import peak_rss_mb
 from factory.stages.speed import REPEATS, gguf_files
 from factory.stages.speed.runtime_quality import score_in_process
@@ -154,7 +154,7 @@ def _measure_vllm(request: dict) -> dict:  # pragma: no cover - needs vLLM and a
     from vllm import LLM, SamplingParams
 
     s = request["settings"]
-    if request["artifact"]["kind"] != "checkpoint":
+    if not KINDS[request["artifact"]["kind"]].whole_checkpoint:
         raise RuntimeError("vLLM measures whole checkpoints, not adapters")
     rss_before = _rss_mb()
     free_before, total = torch.cuda.mem_get_info()
