@@ -13,7 +13,7 @@ from factory import registry
 from factory.cli import main
 from factory.cli.parser import build_parser
 from factory.core.hub import LocalFolder
-from factory.pipeline.build import Build, run_stage
+from factory.pipeline.build import Build
 from factory.pipeline.publish import publish
 from factory.pipeline.stage import Stage
 from factory.recipe import load_recipe
@@ -28,14 +28,11 @@ class FileCount(Stage):
     needs = {"artifact": "", "evaluate": "the count includes the scored tasks"}
     missing = "not counted yet"
 
-    def run(self, build, options):
-        def work(out):
-            files = sorted(p.name for p in build.model_dir.iterdir())
-            tasks = json.loads((build.stage_dir("evaluate") / "scores.json").read_text())["tasks"]
-            (out / "count.json").write_text(json.dumps({"files": len(files), "tasks": len(tasks)}))
-            return {"files": len(files)}
-
-        return run_stage(build, self.name, work)
+    def work(self, build, out, options):  # the contract's work: the default `run` gives it run_stage
+        files = sorted(p.name for p in build.model_dir.iterdir())
+        tasks = json.loads((build.stage_dir("evaluate") / "scores.json").read_text())["tasks"]
+        (out / "count.json").write_text(json.dumps({"files": len(files), "tasks": len(tasks)}))
+        return {"files": len(files)}
 
     def lines(self, build, result, options):
         return [f"  {result.record.get('files')} files" + (" (reused)" if result.skipped else "")]

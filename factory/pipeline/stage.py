@@ -10,8 +10,14 @@ A stage is one class (factory/stages/), registered by name in factory/registry.p
             (one line naming the command to run first), and nothing else checks
   preflight refuses bad input before any work (a missing runtime, an unknown task, a repo name the
             Hub would refuse), so `publish` fails in seconds, not after hours of quantization
-  run       the work, through `run_stage` (an aside folder renamed into place, crash-safe), and
-            the stage's typed result; `lines` says it on the console
+  fingerprint  what its output depends on (None: the build's own fingerprint); a finished output
+            with the same fingerprint is not made again
+  work      work(build, out, options) -> figures: fill `out` (its folder, still aside) and return
+            what the manifest records; the runner renames the folder into place (crash-safe)
+  run       by default `run_stage(build, name, work, fingerprint)`; a stage whose result is more than
+            its folder overrides it (evaluate checks the quality gates after, the artifact stage runs
+            the method's preflight before and removes its scratch after, push writes to a target, not
+            a folder); `lines` says the result on the console
 
 "artifact" in `needs` stands for the stage that makes the build's artifact (the method's verb).
 """
@@ -19,7 +25,10 @@ A stage is one class (factory/stages/), registered by name in factory/registry.p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+from factory.pipeline.build import run_stage
 
 if TYPE_CHECKING:
     from factory.pipeline.build import Build
@@ -67,8 +76,17 @@ class Stage:
     def preflight(self, build: "Build", options: Options) -> None:
         """Refuse bad input before any stage of the build starts (raise UserError)."""
 
-    def run(self, build: "Build", options: Options) -> Any:
+    def fingerprint(self, build: "Build", options: Options) -> str | None:
+        """What the stage's output depends on; None: the build's fingerprint."""
+        return None
+
+    def work(self, build: "Build", out: Path, options: Options) -> dict:
+        """Fill `out` (the stage's folder, aside until it succeeds); return the figures the manifest records."""
         raise NotImplementedError
+
+    def run(self, build: "Build", options: Options) -> Any:
+        """The work, skipped when a finished output has the same fingerprint (factory.pipeline.build.run_stage)."""
+        return run_stage(build, self.name, lambda out: self.work(build, out, options), self.fingerprint(build, options))
 
     def before(self, recipe, options: Options) -> list[str]:
         """Lines a stage command prints once per recipe, before its builds (may refuse the recipe)."""

@@ -370,8 +370,11 @@ class CardStage(Stage):
     def preflight(self, build: Build, options: Options) -> None:
         repo_for(build, options)  # a repo name the Hub would refuse: one line, before any work
 
-    def run(self, build: Build, options: Options) -> StageResult:
-        return card(build, repo_for(build, options))
+    def fingerprint(self, build: Build, options: Options) -> str:
+        return card_fingerprint(build, repo_for(build, options))
+
+    def work(self, build: Build, out: Path, options: Options) -> dict:
+        return write_card(build, repo_for(build, options), out)
 
     def header(self, build: Build, options: Options) -> None:
         return None

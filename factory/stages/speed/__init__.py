@@ -112,7 +112,7 @@ def resolve_runtime(settings: "Speed", artifact: "Artifact") -> str:
         return settings.runtime
     if has_gguf and installed("llama.cpp"):
         return "llama.cpp"
-    if installed("vllm") and cuda_available() and artifact.kind == "checkpoint":
+    if installed("vllm") and cuda_available() and artifact.whole_checkpoint:
         return "vllm"
     return "transformers"
 
@@ -144,36 +144,48 @@ def speed_fingerprint(build: Build, runtime: str, device: str) -> str:
                    library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]), SPEED_FORMAT])
 
 
-def speed(build: Build, log=print) -> StageResult:
-    """Measure the build and (once per machine) its base model; speed/speed.json."""
+def _resolved(build: Build) -> tuple["Speed", Artifact, str, str]:
+    """The recipe's speed settings, the build's artifact, the runtime that measures it and the device."""
     settings = build.recipe.evaluation.speed
     if not settings.enabled:
         raise UserError(f"{build.label}: evaluation.speed.enabled is false in the recipe")
     check_runtime(settings)
     artifact = build.artifact()
     runtime = resolve_runtime(settings, artifact)
-    device = device_name(runtime)
+    return settings, artifact, runtime, device_name(runtime)
 
-    def work(out: Path) -> dict:
-        log(f"  speed: measuring the build in {runtime} on {device}")
-        measured = run_measurement(runtime, build.entry.kind, artifact, settings)
-        base, source = base_speed(build, runtime, device, log)
-        result = {"format": SPEED_FORMAT, "runtime": runtime, "device": device,
-                  "settings": settings.model_dump(mode="json"), "repeats": REPEATS,
-                  "prompt": "random token ids, greedy decoding",
-                  "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]),
-                  "build": measured, "base": base, "base_source": source,
-                  "served_as": served_as(runtime, artifact, measured)}
-        if runtime == "llama.cpp":
-            log("  speed: scoring the build against the base's F16 GGUF in llama.cpp")
-            base_scores = base_score(build, device, log)
-            scores = run_measurement(runtime, build.entry.kind, artifact, settings, task=score_request(build, artifact))
-            result["runtime_quality"] = quality_figures(scores, base_scores, settings.quality)
-        result["weights_note"] = weights_note(result)
-        (out / SPEED_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        return {"runtime": runtime, "speed_device": device}
 
-    return run_stage(build, "speed", work, fingerprint=speed_fingerprint(build, runtime, device))
+def fingerprint_of(build: Build) -> str:
+    """The speed stage's fingerprint for this build, on this machine's runtime and device."""
+    _, _, runtime, device = _resolved(build)
+    return speed_fingerprint(build, runtime, device)
+
+
+def measure(build: Build, out: Path, log=print) -> dict:
+    """The speed stage's work: the build and (once per machine) its base model; out/speed.json."""
+    settings, artifact, runtime, device = _resolved(build)
+    log(f"  speed: measuring the build in {runtime} on {device}")
+    measured = run_measurement(runtime, build.entry.kind, artifact, settings)
+    base, source = base_speed(build, runtime, device, log)
+    result = {"format": SPEED_FORMAT, "runtime": runtime, "device": device,
+              "settings": settings.model_dump(mode="json"), "repeats": REPEATS,
+              "prompt": "random token ids, greedy decoding",
+              "libraries": library_versions(BASE_LIBRARIES + RUNTIME_LIBRARIES[runtime]),
+              "build": measured, "base": base, "base_source": source,
+              "served_as": served_as(runtime, artifact, measured)}
+    if runtime == "llama.cpp":
+        log("  speed: scoring the build against the base's F16 GGUF in llama.cpp")
+        base_scores = base_score(build, device, log)
+        scores = run_measurement(runtime, build.entry.kind, artifact, settings, task=score_request(build, artifact))
+        result["runtime_quality"] = quality_figures(scores, base_scores, settings.quality)
+    result["weights_note"] = weights_note(result)
+    (out / SPEED_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return {"runtime": runtime, "speed_device": device}
+
+
+def speed(build: Build, log=print) -> StageResult:
+    """Measure the build and (once per machine) its base model; speed/speed.json."""
+    return run_stage(build, "speed", lambda out: measure(build, out, log), fingerprint_of(build))
 
 
 def base_artifact(build: Build, runtime: str, log=print) -> "Artifact":
@@ -301,8 +313,11 @@ class SpeedStage(Stage):
     def preflight(self, build: Build, options: Options) -> None:
         check_runtime(build.recipe.evaluation.speed)  # a runtime that is not installed: one line, before any work
 
-    def run(self, build: Build, options: Options) -> StageResult:
-        return speed(build, options.log)
+    def fingerprint(self, build: Build, options: Options) -> str:
+        return fingerprint_of(build)
+
+    def work(self, build: Build, out: Path, options: Options) -> dict:
+        return measure(build, out, options.log)
 
     def lines(self, build: Build, result: StageResult, options: Options) -> list[str]:
         figures = json.loads((result.output / SPEED_FILE).read_text())
