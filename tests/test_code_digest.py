@@ -63,13 +63,50 @@ def test_a_package_is_its_init_and_the_order_of_modules_does_not_matter(package)
     assert code_digest(["pkg.engines"]) != code_digest(["pkg.lowbit"])
 
 
+METHOD_MODULE = '''
+"""A method module: card text beside the code that shapes the weights."""
+
+def card_text(bits):
+    return f"{bits}-bit"
+
+
+class Method:
+    def check(self, recipe):
+        return []
+
+    def quantize(self, weights):
+        return [round(w * 4) / 4 for w in weights]
+'''
+
+
+def test_a_member_entry_follows_that_definition_only(package):
+    (package / "method.py").write_text(METHOD_MODULE)
+    before = code_digest(["pkg.method:Method.quantize"])
+    whole = code_digest(["pkg.method"])
+    (package / "method.py").write_text(METHOD_MODULE.replace('f"{bits}-bit"', 'f"{bits} bits"')
+                                       .replace("return []", "return ['no']"))
+    assert code_digest(["pkg.method:Method.quantize"]) == before  # card text and checks: same build
+    assert code_digest(["pkg.method"]) != whole
+    (package / "method.py").write_text(METHOD_MODULE.replace("w * 4) / 4", "w * 8) / 8"))
+    assert code_digest(["pkg.method:Method.quantize"]) != before
+    assert code_digest(["pkg.method:card_text"]) != before
+
+
+def test_a_member_entry_naming_no_definition_is_refused(package):
+    (package / "method.py").write_text(METHOD_MODULE)
+    for entry in ("pkg.method:Method.train", "pkg.method:Other", "pkg.method:card_text.inner"):
+        with pytest.raises(LookupError, match=entry):
+            code_digest([entry])
+
+
 @pytest.mark.parametrize("name", method_names())
 def test_every_method_names_engine_modules_that_exist(name):
     method = get_method(name)
-    for module in method.engine_modules:
+    for entry in method.engine_modules:
+        module = entry.partition(":")[0]
         path = fingerprint.SOURCE_ROOT.joinpath(*module.split("."))
-        assert path.is_dir() and (path / "__init__.py").is_file() or path.with_suffix(".py").is_file(), module
-    digest = method.code_digest()
+        assert path.is_dir() and (path / "__init__.py").is_file() or path.with_suffix(".py").is_file(), entry
+    digest = method.code_digest()  # a `module:member` entry naming no definition raises here
     assert (digest is None) == (not method.engine_modules)
 
 

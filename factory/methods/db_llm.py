@@ -59,8 +59,9 @@ class DBLLM(SimulatedMethod):
     supported_kinds = ("causal-lm",)
     unsupported_kind_reason = "the distillation loop trains a causal LM on text"
     Options = DBLLMOptions
-    # the FDB/DAD engine, the decoder-layer finder it uses, and this module's training set-up
-    engine_modules = ("factory.engines.lowbit", "factory.engines.lowbit.dbllm", "factory.methods.db_llm")
+    # the FDB/DAD engine, the decoder-layer finder it uses, and this class's training set-up (not its
+    # checks or card text, which do not change the weights)
+    engine_modules = ("factory.engines.lowbit", "factory.engines.lowbit.dbllm", "factory.methods.db_llm:DBLLM.quantize")
 
     def check(self, recipe):
         out = super().check(recipe)

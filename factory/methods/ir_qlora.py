@@ -30,8 +30,9 @@ class IRQLoRA(LoRAMethod):
     artifact_kind = "checkpoint"
     libraries = ("accelerate",)
 
-    engine_modules = LoRAMethod.engine_modules + ("factory.methods.ir_qlora", "factory.engines.lora.icq",
-                                                "factory.engines.lora.iec")  # ICQ and IEC are ours
+    engine_modules = LoRAMethod.engine_modules + ("factory.methods.ir_qlora:IRQLoRA.attach",
+                                                "factory.methods.ir_qlora:IRQLoRA.save",
+                                                "factory.engines.lora.icq", "factory.engines.lora.iec")  # ours
 
     figures = {"engine": "transformers Trainer + factory IR-QLoRA"}
 

@@ -38,9 +38,12 @@ class LoRAMethod(QuantMethod):
             out.append((("weights", "bits"), f"{self.name} fine-tunes a 4-bit (NF4) base, not a {recipe.weights.bits}-bit one"))
         return out
 
-    # The training engine (prompt template, loss mask, training setup) and this glue shape the adapter.
+    # The training engine (prompt template, loss mask, training setup) and this glue shape the adapter
+    # (the glue by definition: the module's card text and recipe checks do not retrain a build).
     engine_modules: tuple[str, ...] = ("factory.engines.lora.train", "factory.engines.lora.data",
-                                       "factory.methods.lora_base")
+                                       "factory.methods.lora_base:LoRAMethod._records",
+                                       "factory.methods.lora_base:LoRAMethod.build",
+                                       "factory.methods.lora_base:_point_adapter_at_hub_base")
 
     def scheme_label(self, settings: "Settings") -> str:
         ft = settings.finetune

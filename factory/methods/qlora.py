@@ -28,7 +28,9 @@ class QLoRA(LoRAMethod):
     artifact_kind = "adapter"
 
     base_quantization = "nf4"
-    engine_modules = LoRAMethod.engine_modules + ("factory.methods.qlora",)  # how the adapter is attached and saved
+    # how the adapter is attached and saved
+    engine_modules = LoRAMethod.engine_modules + ("factory.methods.qlora:QLoRA.attach",
+                                                "factory.methods.qlora:QLoRA.save")
     figures = {"engine": "transformers Trainer + peft"}
 
     def attach(self, base_dir: Path, ft) -> tuple:
