@@ -7,6 +7,7 @@ with HTTP 500 and the request's headers (Authorization included) in its body.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -383,6 +384,19 @@ def test_bad_timeout_settings_are_one_line(tmp_path):
     done = run_factory("plan", str(hub_recipe(tmp_path)), env={"FACTORY_HUB_TIMEOUT": "soon"})
     assert done.returncode == 2
     assert lines(done.stderr) == ["error: FACTORY_HUB_TIMEOUT='soon': must be a number of seconds between 0 and 3600"]
+
+
+@pytest.mark.parametrize("raw, expected", [("", "default"), ("  ", "default"), ("0", 0.0), ("2.5", 2.5),
+                                           ("inf", math.inf), ("-1", None), ("nan", None), ("soon", None)])
+def test_lock_timeout_setting(monkeypatch, raw, expected):
+    from factory.core.locks import DEFAULT_TIMEOUT, lock_timeout
+
+    monkeypatch.setenv("FACTORY_LOCK_TIMEOUT", raw)
+    if expected is None:
+        with pytest.raises(UserError, match=r"^FACTORY_LOCK_TIMEOUT=.*: must be a number of seconds \(0: do not wait\)$"):
+            lock_timeout()
+    else:
+        assert lock_timeout() == (DEFAULT_TIMEOUT if expected == "default" else expected)
 
 
 # ---------------------------------------------------------------- 10. the token never reaches a message or a file

@@ -18,7 +18,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from factory.core.errors import FactoryError, UserError
+from factory.core.env_settings import seconds_setting
+from factory.core.errors import FactoryError
 
 DEFAULT_TIMEOUT = 600.0
 
@@ -31,16 +32,8 @@ class Busy(FactoryError):
 
 
 def lock_timeout() -> float:
-    raw = os.environ.get("FACTORY_LOCK_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise UserError(f"FACTORY_LOCK_TIMEOUT={raw!r}: must be a number of seconds (0: do not wait)")
-    return value
+    return seconds_setting("FACTORY_LOCK_TIMEOUT", DEFAULT_TIMEOUT, lambda v: v >= 0,
+                           "a number of seconds (0: do not wait)")
 
 
 def _lock_for(path: Path):

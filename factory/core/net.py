@@ -28,6 +28,7 @@ import os
 import threading
 import time
 
+from factory.core.env_settings import seconds_setting
 from factory.core.errors import UserError
 
 DEFAULT_TIMEOUT = 30.0
@@ -41,16 +42,8 @@ _lock = threading.Lock()
 
 def hub_timeout() -> float:
     """FACTORY_HUB_TIMEOUT in seconds (default 30); one-line error for a value that is not a positive number."""
-    raw = os.environ.get("FACTORY_HUB_TIMEOUT", "").strip()
-    if not raw:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise UserError(f"FACTORY_HUB_TIMEOUT={raw!r}: must be a number of seconds between 0 and 3600")
-    return value
+    return seconds_setting("FACTORY_HUB_TIMEOUT", DEFAULT_TIMEOUT, lambda v: 0 < v <= 3600,
+                           "a number of seconds between 0 and 3600")
 
 
 def hub_retries() -> int:
