@@ -147,7 +147,8 @@ class QuantMethod:
         `calibration:` block; a method where data is optional (gguf's importance matrix) says so here."""
         return self.needs_calibration
 
-    # The factory's own modules that compute the output (dotted names); their code enters the build
+    # The factory's own modules that compute the output (dotted names, or "module:Class.method" for one
+    # definition of a module that also holds card text and checks); their code enters the build
     # fingerprint (factory.core.code_digest). Empty: a library does the work, and its version
     # is fingerprinted instead.
     engine_modules: tuple[str, ...] = ()
