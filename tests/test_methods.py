@@ -142,7 +142,7 @@ def test_the_card_template_asks_no_method_or_output_kind_and_every_part_a_build_
     from factory.pipeline.artifact import KINDS
 
     tags = re.findall(r"{%.*?%}", (TEMPLATES_DIR / "model_card.md.j2").read_text())
-    for word in ("gguf", "simulated", "adapter", "format", "s.method", "artifact_kind"):
+    for word in ("gguf", "simulated", "adapter", "format", "s.method", "artifact_kind", "runtime ==", "llama.cpp"):
         assert not [t for t in tags if word in t], word
     named = {kind.card_usage for kind in KINDS.values()}
     methods_seen = set()
@@ -154,6 +154,7 @@ def test_the_card_template_asks_no_method_or_output_kind_and_every_part_a_build_
         named |= {p for p in (facts.notice_part, facts.training_part, facts.weights_part) if p}
         assert facts.base_model_relation in ("quantized", "adapter", "finetune"), path.name
         assert bool(facts.notice_part) == method.simulated, path.name  # simulated storage is always said
+    named |= {f"parts/speed-llama.cpp-{part}.md.j2" for part in ("batching", "base")}  # the runtime's sentences
     missing = [p for p in sorted(named) if not (TEMPLATES_DIR / p).is_file()]
     assert not missing
     assert len(methods_seen) >= 20  # the shipped recipes cover (nearly) every method

@@ -81,6 +81,25 @@ def test_publish_puts_a_speed_table_in_the_card(tmp_path, tiny_llama):
     assert "| this build | 1 |" in card and "| base model | 2 |" in card
     assert "decompresses" in card and "serves them packed" in card
     assert next((tmp_path / "hub").rglob("evaluation/speed.json")).is_file()
+    assert "batch B" not in card and "F16 GGUF" not in card  # llama.cpp's sentences are its own card parts
+
+
+def test_the_speed_section_takes_the_runtimes_own_sentences(tmp_path, tiny_llama):
+    """The same figures rendered as llama.cpp's: its card parts (model_cards/parts/speed-llama.cpp-*) fill
+    their places mid-sentence; the template names no runtime."""
+    from factory.stages.card import render
+
+    path = _recipe(tmp_path, tiny_llama)
+    done = run_factory("publish", str(path), "--workdir", str(tmp_path / "work"), "--to", str(tmp_path / "hub"))
+    assert done.returncode == 0, done.stderr
+    recipe = load_recipe(path)
+    build = Build(recipe, recipe.models[0], tmp_path / "work")
+    scores = json.loads((build.stage_dir("evaluate") / "scores.json").read_text())
+    speed = json.loads((build.stage_dir("speed") / "speed.json").read_text())
+    card = render(build, "factory-test/tiny", scores, [], {**speed, "runtime": "llama.cpp"})
+    assert "batch sizes 1, 2 (batch B: B sequences decoded at once in B slots of one llama.cpp server)" in card
+    assert ("The base model is measured in llama.cpp too, as an F16 GGUF written by the same converter. Weights in "
+            "memory is the GGUF file's size; Peak memory is") in card
 
 
 @pytest.mark.parametrize("runtime", ["vllm"])  # llama.cpp (xllamacpp) is in the lock
