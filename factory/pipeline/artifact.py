@@ -48,11 +48,6 @@ class Artifact:
         return self._kind.whole_checkpoint
 
     @property
-    def card_usage(self) -> str:
-        """The model card part (model_cards/parts/) that shows how to load it."""
-        return self._kind.card_usage
-
-    @property
     def loaded_as(self) -> str | None:
         """How evaluation loads it, where that differs from how a user runs it."""
         return self._kind.loaded_as
